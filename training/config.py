@@ -98,6 +98,7 @@ class Config:
     eval_only: bool = _f(False, "evaluate --checkpoint without training")
     checkpoint: str | None = _f(None, "checkpoint to evaluate with --eval_only")
     resume: bool = _f(False, "continue an interrupted run in --output_dir from its last checkpoint")
+    overwrite: bool = _f(False, "replace a finished or interrupted run already in --output_dir")
     quiet: bool = _f(False, "no progress bars; the final table only")
     tensorboard: bool = _f(True, "TensorBoard logs in OUTPUT_DIR/tb")
 
@@ -105,7 +106,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Config":
+    def from_dict(cls, d: dict[str, Any]) -> Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -145,6 +146,7 @@ class Config:
              "eval_frame_missing_rates must lie in [0, 1)"),
             (len(self.eval_missing_rates) > 0, "give at least one eval missing rate"),
             (not self.eval_only or self.checkpoint, "--eval_only needs --checkpoint PATH"),
+            (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
         ]
         for ok, msg in checks:
             if not ok:

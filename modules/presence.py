@@ -1,0 +1,17 @@
+"""The presence mask every model receives: ``(B, 3)`` bool, True = present, T/A/V order."""
+
+from __future__ import annotations
+
+import torch
+
+MODALITIES = ("text", "audio", "vision")
+
+
+def check_presence(presence: torch.Tensor) -> None:
+    """Raise ValueError naming the samples of ``presence (B, 3)`` that have no modality."""
+    if presence.dim() != 2 or presence.shape[1] != 3:
+        raise ValueError(f"presence must have shape (B, 3), got {tuple(presence.shape)}")
+    empty = (~presence.bool().any(dim=1)).nonzero().flatten()
+    if len(empty):
+        raise ValueError(f"sample(s) {', '.join(map(str, empty[:10].tolist()))} have no modality present; "
+                         "every sample needs at least one of text, audio, vision")

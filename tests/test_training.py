@@ -1,0 +1,254 @@
+"""End-to-end tests of ``attention_robust_v4.py``: artefacts, metrics, determinism, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from tests.conftest import ROOT
+from tests.helpers import tiny_args, tiny_pickle
+from training.cli import main
+
+INTERFACES = ROOT.parent / "shared" / "spec" / "INTERFACES.md"
+SECTIONS = ("missing_rate", "frame_missing_rate", "subsets")
+METRICS = {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_pickle(tmp_path_factory.mktemp("data") / "tiny.pkl")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    assert main(tiny_args(tiny, out, "--seeds", "7", "8")) == 0
+    return out
+
+
+def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "attention_robust_v4.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_artefacts_follow_the_documented_schema(finished_run):
+    m = json.loads((finished_run / "metrics.json").read_text())
+    assert m["seeds"] == [7, 8]
+    assert m["config"]["seeds"] == [7, 8] and m["config"]["hidden_dim"] == 16
+    assert set(m["results"]["missing_rate"]) == {"0.0", "0.3", "0.5"}
+    assert set(m["results"]["frame_missing_rate"]) == {"0.0", "0.5"}
+    assert list(m["results"]["subsets"]) == ["T", "A", "V", "TA", "TV", "AV", "TAV"]
+    for section in SECTIONS:
+        for key, vals in m["results"][section].items():
+            assert set(vals) == METRICS, (section, key)
+            assert set(m["std"][section][key]) == METRICS
+            for name in ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "ece"):
+                assert 0.0 <= vals[name] <= 1.0
+    assert set(m["results"]["mean_over_rates"]) == {"missing_rate", "frame_missing_rate"}
+    assert m["train_seconds"] > 0
+    z = np.load(finished_run / "predictions.npz")
+    n = len(z["labels"])
+    assert z["rates"].tolist() == pytest.approx([0.0, 0.3, 0.5])
+    assert z["preds"].shape == (2, 3, n) and z["masks"].shape == (2, 3, n, 3)
+    assert z["probs"].shape == (2, 3, n, 2) and np.allclose(z["probs"].sum(-1), 1, atol=1e-5)
+    assert z["subset_names"].tolist() == ["T", "A", "V", "TA", "TV", "AV", "TAV"]
+    assert z["subset_preds"].shape == (2, 7, n)
+    for f in ("results.csv", "missing_rates.png", "calibration.png", "risk_coverage.png", "config.json",
+              "seed_7/best.pt", "seed_7/last.pt", "seed_8/best.pt"):
+        assert (finished_run / f).exists(), f
+
+
+def test_masks_in_predictions_are_the_interfaces_masks(finished_run):
+    from datasets import modality_masks
+
+    z = np.load(finished_run / "predictions.npz")
+    n = len(z["labels"])
+    for i, p in enumerate(z["rates"]):
+        assert np.array_equal(z["masks"][0, i], modality_masks(n, float(p)))
+
+
+def _ece(p_pos: np.ndarray, y: np.ndarray) -> float:
+    """Independent top-label ECE: 10 bins with explicit edges."""
+    conf = np.maximum(p_pos, 1 - p_pos)
+    correct = (p_pos >= 0.5) == y
+    edges = np.linspace(0, 1, 11)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf >= lo) & (conf < hi) if hi < 1 else (conf >= lo)
+        if sel.any():
+            total += sel.sum() / len(conf) * abs(correct[sel].mean() - conf[sel].mean())
+    return total
+
+
+def test_metrics_equal_a_direct_sklearn_computation(finished_run):
+    m = json.loads((finished_run / "metrics.json").read_text())
+    z = np.load(finished_run / "predictions.npz")
+    y = z["labels"].astype(np.float64)
+    non0 = y != 0
+    for i, key in enumerate(("0.0", "0.3", "0.5")):
+        per_seed = []
+        for s in range(2):
+            pred = z["preds"][s, i].astype(np.float64)
+            p_pos = z["probs"][s, i, :, 1].astype(np.float64)
+            per_seed.append({
+                "acc2_non0": accuracy_score(y[non0] > 0, pred[non0] > 0),
+                "f1_non0": f1_score(y[non0] > 0, pred[non0] > 0, average="weighted"),
+                "acc2_has0": accuracy_score(y >= 0, pred >= 0),
+                "f1_has0": f1_score(y >= 0, pred >= 0, average="weighted"),
+                "mae": np.abs(pred - y).mean(),
+                "corr": np.corrcoef(pred, y)[0, 1],
+                "acc7": np.mean(np.round(np.clip(pred, -3, 3)) == np.round(np.clip(y, -3, 3))),
+                "ece": _ece(p_pos[non0], y[non0] > 0),
+            })
+        for name in METRICS:
+            vals = [s[name] for s in per_seed]
+            assert m["results"]["missing_rate"][key][name] == pytest.approx(np.mean(vals), abs=2e-6), name
+            assert m["std"]["missing_rate"][key][name] == pytest.approx(np.std(vals), abs=2e-6), name
+    for k, name in enumerate(z["subset_names"]):
+        pred = z["subset_preds"][0, k]
+        assert m["results"]["subsets"][name]["acc2_non0"] == pytest.approx(
+            np.mean([accuracy_score(y[non0] > 0, z["subset_preds"][s, k][non0] > 0) for s in range(2)]), abs=1e-9)
+        assert pred.shape == y.shape
+
+
+def test_same_seed_gives_identical_metrics(tiny, tmp_path):
+    results = []
+    for name in ("a", "b"):
+        assert main(tiny_args(tiny, tmp_path / name)) == 0
+        results.append(json.loads((tmp_path / name / "metrics.json").read_text())["results"])
+    assert results[0] == results[1]
+
+
+def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny, tmp_path):
+    args = tiny_args(tiny, tmp_path / "whole", "--epochs", "6", "--batch_size", "4", "--seeds", "3", "4")
+    assert main(args) == 0
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["results"]
+
+    out = tmp_path / "killed"
+    kill_args = tiny_args(tiny, out, "--epochs", "6", "--batch_size", "4", "--seeds", "3", "4")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "attention_robust_v4.py"), *kill_args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    # kill during seed 3's training, once a couple of epochs are checkpointed
+    while time.time() < deadline and proc.poll() is None:
+        last = out / "seed_3" / "last.pt"
+        if last.exists() and _epoch_of(last) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    time.sleep(0.05)  # land inside an epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists()
+    assert main([*kill_args, "--resume"]) == 0
+    resumed = json.loads((out / "metrics.json").read_text())["results"]
+    assert resumed == whole
+
+
+def _epoch_of(path: Path) -> int:
+    from training.checkpoint import load_checkpoint
+
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except Exception:  # being replaced right now
+        return 0
+
+
+def test_existing_run_is_not_overwritten_without_a_flag(finished_run, capsys):
+    before = (finished_run / "metrics.json").read_bytes()
+    assert main(["--output_dir", str(finished_run), "--quiet", "--no_tensorboard"]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert (finished_run / "metrics.json").read_bytes() == before
+
+
+def test_eval_only_on_another_file_uses_the_saved_statistics(finished_run, tmp_path, capsys):
+    other = tiny_pickle(tmp_path / "other.pkl", seed=5)
+    out = tmp_path / "eval"
+    argv = ["--eval_only", "--checkpoint", str(finished_run), "--data_path", str(other), "--output_dir",
+            str(out), "--quiet", "--eval_missing_rates", "0.0", "0.5", "--eval_frame_missing_rates", "0.0"]
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["seeds"] == [7, 8] and set(m["results"]["missing_rate"]) == {"0.0", "0.5"}
+    assert "modality missing rate p" in capsys.readouterr().out
+
+
+def test_nan_in_features_is_refused_with_a_clear_error(tmp_path, capsys):
+    def corrupt(d):
+        d["valid"]["audio"][3, 0, 1] = np.nan
+
+    bad = tiny_pickle(tmp_path / "nan.pkl", edit=corrupt)
+    assert main(tiny_args(bad, tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    assert "nan.pkl" in err and "valid" in err and "audio" in err and "Traceback" not in err
+
+
+def test_nan_loss_stops_with_the_term_and_step_and_keeps_the_checkpoint(tiny, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import training.trainer as trainer_mod
+
+    real = trainer_mod.task_loss
+    calls = {"n": 0}
+
+    def poisoned(cfg, out, labels):
+        calls["n"] += 1
+        terms = real(cfg, out, labels)
+        if calls["n"] == 9:  # epoch 2, step 9 with 96 samples in batches of 16
+            terms["reg"] = terms["reg"] * torch.tensor(float("nan"))
+        return terms
+
+    monkeypatch.setattr(trainer_mod, "task_loss", poisoned)
+    out = tmp_path / "out"
+    assert main(tiny_args(tiny, out, "--epochs", "3")) == 1
+    err = capsys.readouterr().err
+    assert "'reg'" in err and "step 9" in err and "epoch 2" in err
+    from training.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "seed_7" / "last.pt")["epoch"] == 1
+
+
+def _interface_flags() -> set[str]:
+    if not INTERFACES.exists():
+        pytest.skip(f"{INTERFACES} is absent (../shared/spec beside the repo)")
+    text = INTERFACES.read_text()
+    train_part = text.split("## Hyperparameter search")[0]
+    return set(re.findall(r"`(--[a-z_]+)", train_part)) | set(re.findall(r", `(--[a-z_]+)`", train_part))
+
+
+def test_every_interfaces_flag_exists():
+    from training.config import build_parser
+
+    known = {s for a in build_parser()._actions for s in a.option_strings}
+    flags = _interface_flags()
+    assert len(flags) > 25
+    assert flags - known == set()
+    for name in ("--use_contrastive", "--use_gated_fusion", "--use_aecf", "--use_vae", "--calibrate"):
+        assert name.replace("--", "--no_") in known
+
+
+def test_unknown_flag_and_bad_values_get_a_clear_message():
+    r = cli("--not_a_flag", "3")
+    assert r.returncode == 2 and "unrecognized arguments: --not_a_flag" in r.stderr
+    assert "Traceback" not in r.stderr
+    for args, msg in ((["--dropout", "1.5"], "dropout must lie in [0, 1)"),
+                      (["--epochs", "two"], "invalid int value: 'two'"),
+                      (["--encoder", "gru"], "invalid choice: 'gru'"),
+                      (["--hidden_dim", "30", "--num_heads", "4"], "multiple of num_heads")):
+        r = cli(*args)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_missing_data_file_is_a_one_line_error(tmp_path):
+    r = cli("--data_path", str(tmp_path / "absent.pkl"), "--output_dir", str(tmp_path / "o"), "--quiet")
+    assert r.returncode == 1 and "absent.pkl" in r.stderr and "Traceback" not in r.stderr

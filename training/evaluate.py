@@ -1,0 +1,173 @@
+"""Evaluation: encode a split once, then fuse the same states under many presence masks.
+
+Because ``encode`` never reads presence, one encoder pass serves the whole random-missing sweep
+and all seven subsets; only frame-level missing (which changes the features) re-encodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from datasets import SUBSETS, Split, frame_missing, make_loader, modality_masks, subset_masks
+from training.metrics import mean_std, sentiment_metrics
+
+ROBUST_RATES = (0.0, 0.3, 0.5, 0.7)
+
+
+@dataclass
+class Fused:
+    """Outputs of one fuse pass over a split: ``score (N,)``, ``logits (N, C)``, ``weights (N, 3)``."""
+
+    score: np.ndarray
+    logits: np.ndarray
+    weights: np.ndarray | None = None
+
+
+@torch.no_grad()
+def encode_split(model: nn.Module, split: Split, batch_size: int, device: torch.device,
+                 autocast: bool = False) -> dict[str, torch.Tensor]:
+    """Encode every sample of ``split`` once (eval mode); states concatenated on the CPU."""
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in make_loader(split, batch_size=max(batch_size, 256), shuffle=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            states = model.encode(batch)
+        for k, v in states.items():
+            parts.setdefault(k, []).append(v.float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+@torch.no_grad()
+def fuse_split(model: nn.Module, states: dict[str, torch.Tensor], presence: np.ndarray,
+               device: torch.device, batch_size: int = 512, autocast: bool = False) -> Fused:
+    """Fuse pre-encoded ``states`` under ``presence (N, 3)`` bool."""
+    model.eval()
+    n = len(presence)
+    pres = torch.from_numpy(np.asarray(presence, dtype=bool))
+    scores, logits, weights = [], [], []
+    for i in range(0, n, batch_size):
+        chunk = {k: v[i:i + batch_size].to(device) for k, v in states.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model.fuse(chunk, pres[i:i + batch_size].to(device))
+        scores.append(out["score"].float().cpu())
+        logits.append(out["logits"].float().cpu())
+        w = out.get("diagnostics", {}).get("fusion_weights")
+        if w is not None:
+            weights.append(w.float().cpu())
+    return Fused(torch.cat(scores).numpy(), torch.cat(logits).numpy(),
+                 torch.cat(weights).numpy() if weights else None)
+
+
+def softmax(logits: np.ndarray, temperature: np.ndarray | float = 1.0) -> np.ndarray:
+    z = logits / np.asarray(temperature, dtype=np.float64).reshape(-1, 1)
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+def predictions(fused: Fused, task: str, num_classes: int, temps: np.ndarray | float = 1.0
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Reported ``(preds (N,), probs (N, C))``: the score head, or the class head's expected value."""
+    probs = softmax(fused.logits, temps)
+    if task == "regression":
+        return fused.score, probs
+    centres = {2: np.array([-1.0, 1.0]), 3: np.array([-1.0, 0.0, 1.0]), 7: np.arange(-3.0, 4.0)}[num_classes]
+    return probs @ centres, probs
+
+
+def validation_score(model: nn.Module, split: Split, metric: str, batch_size: int,
+                     device: torch.device, task: str, num_classes: int) -> tuple[float, dict]:
+    """The selection metric on valid (higher is better; MAE is negated) and the metrics per rate."""
+    states = encode_split(model, split, batch_size, device)
+    per_rate = {}
+    rates = (0.0,) if metric == "f1_full" else ROBUST_RATES
+    for p in rates:
+        fused = fuse_split(model, states, modality_masks(split.n, p), device)
+        preds, probs = predictions(fused, task, num_classes)
+        per_rate[p] = sentiment_metrics(preds, split.labels, probs)
+    if metric in ("f1_robust", "f1_full"):
+        value = float(np.mean([m["f1_non0"] for m in per_rate.values()]))
+    elif metric == "acc2_robust":
+        value = float(np.mean([m["acc2_non0"] for m in per_rate.values()]))
+    elif metric == "mae":
+        value = -float(np.mean([m["mae"] for m in per_rate.values()]))
+    else:
+        raise ValueError(f"unknown selection metric {metric!r}")
+    return value, per_rate
+
+
+def presence_patterns(presence: np.ndarray) -> np.ndarray:
+    """Pattern index 0..6 of each row of ``presence (N, 3)`` (bit T=1, A=2, V=4, minus one)."""
+    p = np.asarray(presence, dtype=np.int64)
+    return p[:, 0] + 2 * p[:, 1] + 4 * p[:, 2] - 1
+
+
+def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rates: list[float],
+                  batch_size: int, device: torch.device, task: str, num_classes: int,
+                  temps: np.ndarray | None = None, autocast: bool = False) -> dict:
+    """The full sweep of one trained model on ``split`` (test, or valid while tuning).
+
+    Returns ``{"missing_rate": {p: metrics}, "frame_missing_rate": {r: metrics}, "subsets": {name:
+    metrics}, "arrays": {...}}`` where arrays hold what ``predictions.npz`` stores for this seed.
+    ``temps (7,)`` are per-presence-pattern temperatures of the class head (1 when absent).
+    """
+    temps = np.ones(7) if temps is None else np.asarray(temps, dtype=np.float64)
+    states = encode_split(model, split, batch_size, device, autocast)
+    out: dict = {"missing_rate": {}, "frame_missing_rate": {}, "subsets": {}}
+    preds_r, probs_r, masks_r, weights_r = [], [], [], []
+
+    def run(presence: np.ndarray, st: dict) -> tuple[np.ndarray, np.ndarray, dict, Fused]:
+        fused = fuse_split(model, st, presence, device, autocast=autocast)
+        preds, probs = predictions(fused, task, num_classes, temps[presence_patterns(presence)])
+        return preds, probs, sentiment_metrics(preds, split.labels, probs), fused
+
+    for p in rates:
+        masks = modality_masks(split.n, p)
+        preds, probs, m, fused = run(masks, states)
+        out["missing_rate"][f"{p:.1f}"] = m
+        preds_r.append(preds)
+        probs_r.append(probs)
+        masks_r.append(masks)
+        if fused.weights is not None:
+            weights_r.append(fused.weights)
+    subset_preds = []
+    for name in SUBSETS:
+        preds, _, m, _ = run(subset_masks(split.n, name), states)
+        out["subsets"][name] = m
+        subset_preds.append(preds)
+    full = np.ones((split.n, 3), dtype=bool)
+    for r in frame_rates:
+        st = states if r == 0 else encode_split(model, frame_missing(split, r), batch_size, device, autocast)
+        out["frame_missing_rate"][f"{r:.1f}"] = run(full, st)[2]
+    out["arrays"] = {
+        "preds": np.stack(preds_r).astype(np.float32),
+        "probs": np.stack(probs_r).astype(np.float32),
+        "masks": np.stack(masks_r),
+        "subset_preds": np.stack(subset_preds).astype(np.float32),
+    }
+    if weights_r:
+        out["arrays"]["fusion_weights"] = np.stack(weights_r).astype(np.float32)
+    return out
+
+
+def aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
+    """Mean and std over seeds for every section; ``mean_over_rates`` averages the sweep rates."""
+    results: dict = {}
+    std: dict = {}
+    for section in ("missing_rate", "frame_missing_rate", "subsets"):
+        results[section], std[section] = {}, {}
+        for key in per_seed[0][section]:
+            results[section][key], std[section][key] = mean_std([r[section][key] for r in per_seed])
+    results["mean_over_rates"] = {}
+    std["mean_over_rates"] = {}
+    for section in ("missing_rate", "frame_missing_rate"):
+        if not per_seed[0][section]:
+            continue
+        seed_means = [mean_std(list(r[section].values()))[0] for r in per_seed]
+        results["mean_over_rates"][section], std["mean_over_rates"][section] = mean_std(seed_means)
+    return results, std

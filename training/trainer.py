@@ -1,0 +1,282 @@
+"""One trainer for every registered model: one seed, start to finish.
+
+AdamW, gradient clipping, a learning-rate schedule, train-time modality dropout, early stopping
+and best-epoch selection on valid, checkpoints every epoch (``last.pt``, ``best.pt``), resume,
+TensorBoard, a non-finite loss guard, then calibration on valid and the test sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from datasets import MultimodalData, apply_presence, make_loader, sample_presence
+from modules.losses import kl_warmup, task_loss
+from modules.registry import create_model
+from training.calibration import fit_pattern_temperatures
+from training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from training.config import Config
+from training.evaluate import evaluate_split, validation_score
+
+log = logging.getLogger(__name__)
+
+# Called after every epoch with (epoch, validation value); may raise to stop (Optuna pruning).
+EpochCallback = Callable[[int, float], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf; the message names the term, the epoch and the step."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Cosine decay with linear warm-up (stepped per batch), plateau (per epoch) or none."""
+    if cfg.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+
+    def factor(step: int) -> float:
+        if cfg.scheduler == "none":
+            return 1.0
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class Trainer:
+    """Trains ``cfg.model`` on ``data`` for one ``seed``, writing into ``run_dir``.
+
+    ``standardizer`` is the state dict of the train-only statistics; it is stored in every
+    checkpoint so evaluation on another file uses the same statistics.
+    """
+
+    def __init__(self, cfg: Config, data: MultimodalData, seed: int, run_dir: Path,
+                 standardizer: dict | None = None, writer=None, progress: bool = True):
+        self.cfg, self.data, self.seed, self.run_dir = cfg, data, seed, Path(run_dir)
+        self.standardizer = standardizer or {}
+        self.writer = writer
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.autocast = bool(cfg.amp and self.device.type == "cuda")
+        seed_everything(seed)
+        self.model = create_model(cfg.model, cfg, data.dims).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = math.ceil(data.splits["train"].n / cfg.batch_size)
+        self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
+        self.np_rng = np.random.default_rng(seed)
+        self.loader_gen = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.global_step = 0
+        self.best_value = -math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+        self.history: list[dict] = []
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _payload(self) -> dict:
+        return {"config": self.cfg.to_dict(), "dims": dict(self.data.dims), "seed": self.seed,
+                "standardizer": self.standardizer, "model": self.model.state_dict()}
+
+    def save_last(self) -> None:
+        state = self._payload()
+        state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     epoch=self.epoch, global_step=self.global_step, best_value=self.best_value,
+                     best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, history=self.history,
+                     rng=rng_state(self.np_rng, self.loader_gen))
+        save_atomic(state, self.run_dir / "last.pt")
+
+    def save_best(self, temperatures: np.ndarray | None = None) -> None:
+        state = self._payload()
+        state.update(epoch=self.epoch, best_value=self.best_value)
+        if temperatures is not None:
+            state["temperatures"] = torch.as_tensor(temperatures, dtype=torch.float64)
+        save_atomic(state, self.run_dir / "best.pt")
+
+    def resume(self) -> bool:
+        """Restore from ``run_dir/last.pt`` if there is one; True when restored."""
+        path = self.run_dir / "last.pt"
+        if not path.exists():
+            return False
+        ck = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        self.epoch, self.global_step = ck["epoch"], ck["global_step"]
+        self.best_value, self.best_epoch, self.bad_epochs = ck["best_value"], ck["best_epoch"], ck["bad_epochs"]
+        self.history = ck["history"]
+        set_rng_state(ck["rng"], self.np_rng, self.loader_gen)
+        log.info("seed %d: resumed after epoch %d from %s", self.seed, self.epoch, path)
+        return True
+
+    # ---- training ---------------------------------------------------------------------------
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            if not torch.isfinite(value).all():
+                raise NonFiniteLossError(
+                    f"loss term '{name}' became {value.item()} at epoch {self.epoch + 1}, step "
+                    f"{self.global_step + 1} (seed {self.seed}); the last good checkpoint is "
+                    f"{self.run_dir / 'last.pt'}")
+
+    def train_epoch(self) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        cfg, model = self.cfg, self.model
+        model.train()
+        if hasattr(model, "kl_scale"):
+            model.kl_scale = kl_warmup(self.epoch, cfg.kl_warmup_epochs)
+        loader = make_loader(self.data.splits["train"], cfg.batch_size, shuffle=True, generator=self.loader_gen)
+        sums: dict[str, float] = {}
+        diag_sums: dict[str, float] = {}
+        n_batches = 0
+        bar = tqdm(loader, desc=f"seed {self.seed} epoch {self.epoch + 1}", leave=False,
+                   disable=not self.progress, dynamic_ncols=True)
+        for batch in bar:
+            b = len(batch["labels"])
+            p = cfg.train_missing_rate
+            if cfg.train_missing_schedule == "uniform":
+                p = float(self.np_rng.uniform(0.0, cfg.train_missing_rate))
+            presence = torch.from_numpy(sample_presence(self.np_rng, b, p))
+            batch = apply_presence(batch, presence)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = model(batch)
+                terms = {**task_loss(cfg, out, batch["labels"]), **out.get("losses", {})}
+            terms = {k: v.float() for k, v in terms.items()}
+            self._check_finite(terms)
+            loss = sum(terms.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step()
+            self.global_step += 1
+            n_batches += 1
+            sums["total"] = sums.get("total", 0.0) + loss.item()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            for k, v in out.get("diagnostics", {}).items():
+                v = v.detach().float()
+                if k == "fusion_weights" and v.dim() == 2:
+                    for i, m in enumerate(("text", "audio", "vision")):
+                        # mean weight over the samples where the modality is present
+                        sel = batch["presence"][:, i]
+                        val = float(v[sel, i].mean()) if sel.any() else 0.0
+                        diag_sums[f"weight_{m}"] = diag_sums.get(f"weight_{m}", 0.0) + val
+                else:
+                    diag_sums[k] = diag_sums.get(k, 0.0) + float(v.mean())
+            if self.progress:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+        stats = {f"loss/{k}": v / max(1, n_batches) for k, v in sums.items()}
+        stats.update({f"diag/{k}": v / max(1, n_batches) for k, v in diag_sums.items()})
+        stats["lr"] = self.optimizer.param_groups[0]["lr"]
+        return stats
+
+    def fit(self, on_epoch: EpochCallback | None = None) -> None:
+        """Train until ``epochs`` or early stopping; ``best.pt`` holds the best validation epoch."""
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        if self.epoch == 0 and not (self.run_dir / "best.pt").exists():
+            self.save_best()  # so an early stop (or 0 epochs) still leaves a model to evaluate
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"seed {self.seed}", disable=not self.progress,
+                   dynamic_ncols=True)
+        while self.epoch < cfg.epochs:
+            if cfg.patience and self.bad_epochs >= cfg.patience:
+                break
+            stats = self.train_epoch()
+            value, per_rate = validation_score(self.model, self.data.splits["valid"], cfg.select_metric,
+                                               cfg.batch_size, self.device, cfg.task, cfg.num_classes)
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(value)
+            self.epoch += 1
+            improved = value > self.best_value
+            if improved:
+                self.best_value, self.best_epoch, self.bad_epochs = value, self.epoch, 0
+                self.save_best()
+            else:
+                self.bad_epochs += 1
+            stats.update({f"val/{cfg.select_metric}": value})
+            for p, m in per_rate.items():
+                for k in ("acc2_non0", "f1_non0", "mae", "ece"):
+                    stats[f"val_p{p:.1f}/{k}"] = m[k]
+            self.history.append({"epoch": self.epoch, **stats})
+            self._log(stats)
+            self.save_last()
+            bar.update(1)
+            bar.set_postfix(val=f"{value:.4f}", best=f"{self.best_value:.4f}@{self.best_epoch}")
+            if on_epoch is not None:
+                on_epoch(self.epoch, value)
+        bar.close()
+
+    def _log(self, stats: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for k, v in stats.items():
+            self.writer.add_scalar(k, v, self.epoch)
+        self.writer.flush()
+
+    # ---- after training ---------------------------------------------------------------------
+    def load_best(self) -> dict:
+        ck = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
+        self.model.load_state_dict(ck["model"])
+        return ck
+
+    def finish(self, splits: tuple[str, ...] = ("valid", "test")) -> dict:
+        """Load the best epoch, calibrate on valid, save it, and sweep each split of ``splits``.
+
+        Returns ``{split: sweep, "best_epoch": int, "best_value": float, "temperatures": list}``;
+        tuning passes ``("valid",)`` so the test split stays untouched.
+        """
+        cfg = self.cfg
+        self.load_best()
+        temps = None
+        if cfg.calibrate:
+            temps = fit_pattern_temperatures(self.model, self.data.splits["valid"], cfg.num_classes,
+                                             cfg.batch_size, self.device)
+        self.save_best(temps)
+        # valid: the random-missing sweep and subsets (for tuning and best.json); test: everything
+        result: dict = {name: evaluate_split(self.model, self.data.splits[name], cfg.eval_missing_rates,
+                                             cfg.eval_frame_missing_rates if name == "test" else [],
+                                             cfg.batch_size, self.device, cfg.task, cfg.num_classes, temps,
+                                             self.autocast)
+                        for name in splits}
+        result.update(best_epoch=self.best_epoch, best_value=self.best_value,
+                      temperatures=None if temps is None else [float(t) for t in temps])
+        return result
+
+
+def load_for_eval(path: Path, device: torch.device
+                  ) -> tuple[nn.Module, Config, dict, np.ndarray | None, dict[str, int]]:
+    """Rebuild a model from a ``best.pt``: (model, config, standardizer state, temperatures, dims)."""
+    ck = load_checkpoint(path, map_location=device)
+    cfg = Config.from_dict(ck["config"])
+    model = create_model(cfg.model, cfg, ck["dims"]).to(device)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    temps = ck["temperatures"].numpy() if "temperatures" in ck else None
+    return model, cfg, ck["standardizer"], temps, dict(ck["dims"])
