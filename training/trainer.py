@@ -158,8 +158,8 @@ class Trainer:
             p = cfg.train_missing_rate
             if cfg.train_missing_schedule == "uniform":
                 p = float(self.np_rng.uniform(0.0, cfg.train_missing_rate))
-            presence = torch.from_numpy(sample_presence(self.np_rng, b, p))
-            batch = apply_presence(batch, presence)
+            drop = torch.from_numpy(sample_presence(self.np_rng, b, p))
+            batch = apply_presence(batch, batch["presence"] & drop)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = model(batch)

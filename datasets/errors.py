@@ -1,0 +1,7 @@
+"""The one error type of the data layer."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A data file or data set is unusable. The message names the file, split and key where relevant."""

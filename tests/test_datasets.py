@@ -1,0 +1,394 @@
+"""Readers, cleaning, validation, standardization, loaders and the summary CLI of the data layer."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import (
+    MODALITIES,
+    DataError,
+    MultimodalTensorDataset,
+    Standardizer,
+    load_data,
+    make_loader,
+    make_synthetic,
+)
+from datasets.csd import deploy_sequence, read_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT_N = {"train": 6, "valid": 3, "test": 4}
+
+
+def padded(rng, n, seq_len, dim, lengths):
+    x = rng.standard_normal((n, seq_len, dim)).astype(np.float32)
+    for i, ln in enumerate(lengths):
+        x[i, ln:] = 0
+    return x
+
+
+def mmsa_obj(seq=(50, 50, 50), dims=(768, 5, 20), seed=0, label_shape="flat", with_lengths=True):
+    rng = np.random.default_rng(seed)
+    obj = {}
+    for s, n in SPLIT_N.items():
+        lens = [rng.integers(1, L + 1, n) for L in seq]
+        d = {m: padded(rng, n, L, D, ln) for m, L, D, ln in zip(MODALITIES, seq, dims, lens)}
+        y = rng.uniform(-3, 3, n).astype(np.float32)
+        d["regression_labels"] = y if label_shape == "flat" else y[:, None]
+        d["classification_labels"] = np.sign(y) + 1
+        d["text_bert"] = np.zeros((n, 3, seq[0]), dtype=np.float32)
+        d["id"] = np.array([f"{s}vid$_${i + 1}" for i in range(n)])
+        d["raw_text"] = np.array([f"utterance {i}" for i in range(n)], dtype=object)
+        if with_lengths:
+            d["audio_lengths"] = [int(v) for v in lens[1]]
+            d["vision_lengths"] = np.asarray(lens[2])
+        d["_true_lengths"] = np.stack(lens, 1)
+        obj[s] = d
+    return obj
+
+
+def write(tmp_path, obj, name="data.pkl"):
+    path = tmp_path / name
+    clean = {s: {k: v for k, v in d.items() if not k.startswith("_")} if isinstance(d, dict) else d
+             for s, d in obj.items()}
+    path.write_bytes(pickle.dumps(clean, protocol=4))
+    return path
+
+
+# ---- readers on generated files in the real layouts ---------------------------------------------
+
+
+def test_mmsa_aligned(tmp_path):
+    obj = mmsa_obj(label_shape="column")
+    data = load_data("mosi", str(write(tmp_path, obj, "aligned_50.pkl")))
+    assert data.format == "mmsa" and data.name == "mosi"
+    assert data.dims == {"text": 768, "audio": 5, "vision": 20}
+    for s, split in data.splits.items():
+        assert split.n == SPLIT_N[s] and split.text.shape == (SPLIT_N[s], 50, 768)
+        assert split.labels.shape == (SPLIT_N[s],) and split.labels.dtype == np.float32
+        assert split.lengths.dtype == np.int64 and split.lengths.shape == (SPLIT_N[s], 3)
+        np.testing.assert_array_equal(split.lengths, obj[s]["_true_lengths"])
+        assert split.ids[0] == f"{s}vid$_$1" and split.raw_text[1] == "utterance 1"
+        assert split.features("audio") is split.audio and split.features(2) is split.vision
+
+
+def test_mmsa_unaligned_mosei_dims(tmp_path):
+    obj = mmsa_obj(seq=(50, 500, 375), dims=(768, 74, 35), with_lengths=False)
+    data = load_data(data_path=str(write(tmp_path, obj)), data_format="mmsa")
+    assert data.dims == {"text": 768, "audio": 74, "vision": 35}
+    assert data.splits["train"].audio.shape[1] == 500 and data.splits["train"].vision.shape[1] == 375
+    for s in SPLIT_N:
+        np.testing.assert_array_equal(data.splits[s].lengths, obj[s]["_true_lengths"])
+
+
+def test_mult(tmp_path):
+    rng = np.random.default_rng(1)
+    obj = {}
+    for s, n in SPLIT_N.items():
+        lens = rng.integers(1, 21, n)
+        obj[s] = {"text": padded(rng, n, 20, 300, lens), "audio": padded(rng, n, 20, 74, lens),
+                  "vision": padded(rng, n, 20, 35, lens),
+                  "labels": rng.uniform(-3, 3, (n, 1, 1)).astype(np.float32),
+                  "id": np.array([[f"v{s}{i}".encode(), b"1.5", b"3.0"] for i in range(n)])}
+        obj[s]["audio"][0, 0, 0] = -np.inf  # the MOSEI audio artefact
+    data = load_data(data_path=str(write(tmp_path, obj, "mosei_senti_data.pkl")))
+    assert data.format == "mult" and data.dims == {"text": 300, "audio": 74, "vision": 35}
+    tr = data.splits["train"]
+    assert tr.ids[0] == "vtrain0[1.5:3.0]" and tr.labels.shape == (6,)
+    np.testing.assert_allclose(tr.labels, obj["train"]["labels"].reshape(-1))
+    assert tr.audio[0, 0, 0] == 0 and np.isfinite(tr.audio).all()
+    assert (tr.raw_text == "").all()
+
+
+def test_csd_folder(tmp_path):
+    folder = tmp_path / "csd"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    videos = {"vidA": 3, "vidB": 2, "vidC": 2, "vidD": 3}
+    labels, text, audio, vision = {}, {}, {}, {}
+    for v, k in videos.items():
+        bounds = np.cumsum(np.r_[0.0, rng.uniform(2, 4, k)])
+        iv = np.stack([bounds[:-1], bounds[1:]], 1)
+        labels[v] = (iv, rng.uniform(-3, 3, (k, 1)).astype(np.float32))
+        audio[v] = (iv, rng.standard_normal((k, 74)).astype(np.float32))  # one row per segment
+        vision[v] = (iv, rng.standard_normal((k, 35)).astype(np.float32))
+        frames = np.arange(bounds[0], bounds[-1], 0.25)  # frame-level words: several rows per segment
+        text[v] = (np.stack([frames, frames + 0.25], 1), rng.standard_normal((len(frames), 300)).astype(np.float32))
+    deploy_sequence(folder / "CMU_MOSI_Opinion_Labels.csd", "Opinion Segment Labels", labels)
+    deploy_sequence(folder / "CMU_MOSI_COVAREP.csd", "COVAREP", audio)
+    deploy_sequence(folder / "CMU_MOSI_Visual_Facet_41.csd", "FACET", vision)
+    deploy_sequence(folder / "CMU_MOSI_TimestampedWordVectors.csd", "glove_vectors", text)
+    (folder / "folds.json").write_text(json.dumps({"train": ["vidA", "vidB"], "valid": ["vidC"],
+                                                   "test": ["vidD"]}))
+    data = load_data(data_path=str(folder))
+    assert data.format == "csd" and data.dims == {"text": 300, "audio": 74, "vision": 35}
+    tr = data.splits["train"]
+    assert tr.ids.tolist() == ["vidA$_$1", "vidA$_$2", "vidA$_$3", "vidB$_$1", "vidB$_$2"]
+    np.testing.assert_allclose(tr.labels, np.r_[labels["vidA"][1][:, 0], labels["vidB"][1][:, 0]], atol=1e-6)
+    np.testing.assert_allclose(tr.audio[:3, 0], audio["vidA"][1], atol=1e-5)  # segment-level rows kept
+    assert (tr.lengths[:, 1:] == 1).all() and tr.lengths[:, 0].min() >= 8  # text kept as a sequence
+    assert tr.text.shape[1] <= 50
+    assert data.splits["test"].ids.tolist() == ["vidD$_$1", "vidD$_$2", "vidD$_$3"]
+
+
+# ---- the real shared files ------------------------------------------------------------------------
+
+
+def test_shared_pickle(shared_pkl):
+    data = load_data("mosi", str(shared_pkl))
+    assert data.format == "mmsa"
+    assert {s: sp.n for s, sp in data.splits.items()} == {"train": 1447, "valid": 160, "test": 166}
+    assert data.dims == {"text": 100, "audio": 73, "vision": 100}
+    all_ids = []
+    for sp in data.splits.values():
+        assert np.abs(sp.labels).max() <= 3
+        assert len(set(sp.ids.tolist())) == sp.n
+        all_ids += sp.ids.tolist()
+        for m in MODALITIES:
+            assert np.isfinite(sp.features(m)).all()
+        assert (sp.lengths == 1).all()
+    assert len(set(all_ids)) == len(all_ids)
+
+
+def test_shared_csd_matches_pickle(shared_pkl, shared_csd):
+    pkl = load_data("mosi", str(shared_pkl))
+    csd = load_data("mosi", str(shared_csd))
+    for s in ("train", "valid", "test"):
+        a, b = pkl.splits[s], csd.splits[s]
+        order = {i: k for k, i in enumerate(a.ids.tolist())}
+        assert set(b.ids.tolist()) == set(order)
+        idx = np.array([order[i] for i in b.ids.tolist()])
+        np.testing.assert_allclose(b.labels, a.labels[idx], atol=1e-5)
+        for m in MODALITIES:
+            x, y = a.features(m)[idx, 0], b.features(m)[:, 0]
+            same = np.all(np.isclose(x, y, rtol=1e-4, atol=1e-4), axis=1)
+            assert same.mean() > 0.85  # ~8% of segments overlap a neighbour and get a sliver of it
+            corr = np.corrcoef(x.ravel(), y.ravel())[0, 1]
+            assert corr > 0.95
+
+
+def test_official_label_file(shared_sdk_labels):
+    seq = read_sequence(shared_sdk_labels)
+    assert len(seq) == 93
+    assert sum(iv.shape[0] for iv, _ in seq.values()) == 2199
+    assert all(f.shape[1] == 1 and np.abs(f).max() <= 3 for _, f in seq.values())
+
+
+# ---- bad inputs ----------------------------------------------------------------------------------
+
+
+def small_obj():
+    return mmsa_obj(seq=(5, 5, 5), dims=(4, 3, 2))
+
+
+def expect_error(tmp_path, obj, *fragments, nan_policy="error"):
+    path = write(tmp_path, obj)
+    with pytest.raises(DataError) as err:
+        load_data(data_path=str(path), nan_policy=nan_policy)
+    for f in fragments:
+        assert f in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def test_missing_and_truncated_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_data(data_path=str(tmp_path / "absent.pkl"))
+    good = pickle.dumps(small_obj())
+    (tmp_path / "t.pkl").write_bytes(good[:200])
+    with pytest.raises(DataError, match="truncated"):
+        load_data(data_path=str(tmp_path / "t.pkl"))
+    with pytest.raises(DataError, match="--data_path"):
+        load_data("mosei")
+
+
+def test_missing_split(tmp_path):
+    obj = small_obj()
+    del obj["valid"]
+    expect_error(tmp_path, obj, "data.pkl", "missing split 'valid'")
+
+
+def test_missing_key(tmp_path):
+    obj = small_obj()
+    del obj["test"]["vision"]
+    expect_error(tmp_path, obj, "data.pkl", "'test'", "missing key 'vision'")
+
+
+def test_wrong_rank(tmp_path):
+    obj = small_obj()
+    obj["train"]["audio"] = obj["train"]["audio"][:, 0]
+    expect_error(tmp_path, obj, "'train'", "'audio'", "rank 3")
+
+
+def test_mismatched_n(tmp_path):
+    obj = small_obj()
+    obj["valid"]["text"] = obj["valid"]["text"][:2]
+    expect_error(tmp_path, obj, "'valid'", "'text'", "2 samples")
+
+
+def test_dims_differ_between_splits(tmp_path):
+    obj = small_obj()
+    obj["test"]["vision"] = np.zeros((4, 5, 7), dtype=np.float32)
+    expect_error(tmp_path, obj, "'vision'", "dims differ")
+
+
+def test_empty_split(tmp_path):
+    obj = small_obj()
+    for k in ("text", "audio", "vision"):
+        obj["valid"][k] = obj["valid"][k][:0]
+    obj["valid"]["regression_labels"] = obj["valid"]["regression_labels"][:0]
+    obj["valid"]["id"] = obj["valid"]["id"][:0]
+    obj["valid"]["raw_text"] = obj["valid"]["raw_text"][:0]
+    obj["valid"]["audio_lengths"], obj["valid"]["vision_lengths"] = [], []
+    expect_error(tmp_path, obj, "'valid'", "empty split")
+
+
+def test_labels_out_of_range(tmp_path):
+    obj = small_obj()
+    obj["train"]["regression_labels"][2] = 4.5
+    expect_error(tmp_path, obj, "'train'", "'regression_labels'", "outside [-3, 3]")
+
+
+def test_nan_policy_and_neginf(tmp_path, caplog):
+    obj = small_obj()
+    obj["test"]["text"][0, 0, :2] = np.nan
+    obj["test"]["text"][1, 0, 0] = np.inf
+    obj["train"]["audio"][0, 0, 0] = -np.inf
+    msg = expect_error(tmp_path, obj, "'test'", "'text'", "3 NaN/+inf")
+    assert "data.pkl" in msg
+    with caplog.at_level(logging.WARNING):
+        data = load_data(data_path=str(write(tmp_path, obj)), nan_policy="zero")
+    assert np.isfinite(data.splits["test"].text).all() and data.splits["test"].text[0, 0, 0] == 0
+    assert data.splits["train"].audio[0, 0, 0] == 0
+    assert "1 -inf" in caplog.text
+    obj["test"]["text"] = np.nan_to_num(obj["test"]["text"], nan=1.0, posinf=1.0)
+    data = load_data(data_path=str(write(tmp_path, obj)))  # only -inf: always replaced
+    assert data.splits["train"].audio[0, 0, 0] == 0
+
+
+# ---- standardization -------------------------------------------------------------------------------
+
+
+def test_standardizer_train_only(tmp_path):
+    data = make_synthetic(seed=1, n_train=60, n_valid=20, n_test=20, seq_len=12, dims=(6, 3, 4))
+    data.splits["valid"].audio[:] *= 1000.0  # valid statistics must not matter
+    data.splits["train"].audio[:, :, 2] = 0.0  # a constant feature: std floored to 1
+    raw_train = {m: data.splits["train"].features(m).copy() for m in MODALITIES}
+    std = Standardizer.fit(data.splits["train"])
+    ref = Standardizer.fit(make_synthetic(seed=1, n_train=60, n_valid=20, n_test=20, seq_len=12,
+                                          dims=(6, 3, 4)).splits["train"])
+    np.testing.assert_allclose(std.mean["text"], ref.mean["text"], rtol=1e-6)
+    assert std.std["audio"][2] == 1.0
+    std.apply(data)
+    tr = data.splits["train"]
+    for j, m in enumerate(MODALITIES):
+        valid = np.arange(12)[None, :] < tr.lengths[:, j:j + 1]
+        x = tr.features(m)[valid]
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-4)
+        if m != "audio":
+            np.testing.assert_allclose(x.std(0), 1, atol=1e-3)
+        assert (tr.features(m)[~valid] == 0).all()
+        assert tr.features(m).dtype == np.float32
+        assert not np.array_equal(tr.features(m), raw_train[m])
+    sd = std.state_dict()
+    assert sd["text.mean"].dtype == torch.float32 and sd["vision.std"].shape == (4,)
+    back = Standardizer.from_state_dict(sd)
+    for m in MODALITIES:
+        np.testing.assert_array_equal(back.mean[m], std.mean[m])
+        np.testing.assert_array_equal(back.std[m], std.std[m])
+
+
+# ---- synthetic, loaders, CLI -----------------------------------------------------------------------
+
+
+def test_synthetic_default_shape_and_determinism():
+    data = load_data()
+    assert data.format == "synthetic"
+    assert {s: sp.n for s, sp in data.splits.items()} == {"train": 1284, "valid": 229, "test": 686}
+    assert data.dims == {"text": 300, "audio": 5, "vision": 20}
+    tr = data.splits["train"]
+    assert tr.text.dtype == np.float32 and tr.text.shape == (1284, 50, 300)
+    assert tr.lengths.min() >= 10 and np.abs(tr.labels).max() <= 3
+    assert 0.005 < (tr.labels == 0).mean() < 0.1
+    valid = np.arange(50)[None, :] < tr.lengths[:, :1]
+    assert (tr.text[~valid] == 0).all()
+    again = make_synthetic(seed=0, n_train=50, n_valid=5, n_test=5)
+    np.testing.assert_array_equal(again.splits["train"].text, make_synthetic(seed=0, n_train=50, n_valid=5,
+                                                                           n_test=5).splits["train"].text)
+    assert not np.array_equal(make_synthetic(seed=1, n_train=50, n_valid=5, n_test=5).splits["train"].labels,
+                              again.splits["train"].labels)
+
+
+def test_synthetic_modalities_unequal():
+    data = make_synthetic(seed=0)
+    tr, te = data.splits["train"], data.splits["test"]
+
+    def probe(ms):
+        def pool(sp):
+            return np.concatenate([sp.features(m).sum(1) / sp.lengths[:, :1] for m in ms], 1)
+        x, xt = pool(tr), pool(te)
+        mu, sd = x.mean(0), x.std(0) + 1e-6
+        x, xt = np.c_[(x - mu) / sd, np.ones(len(x))], np.c_[(xt - mu) / sd, np.ones(len(xt))]
+        w = np.linalg.solve(x.T @ x + 100 * np.eye(x.shape[1]), x.T @ tr.labels)
+        nz = te.labels != 0
+        return np.mean(((xt @ w)[nz] > 0) == (te.labels[nz] > 0))
+
+    acc = {m: probe([m]) for m in MODALITIES}
+    assert acc["text"] > acc["vision"] + 0.05 and acc["vision"] > acc["audio"]
+    assert acc["text"] > 0.7 and acc["audio"] < 0.62
+
+
+def test_loader_batches():
+    data = make_synthetic(seed=2, n_train=37, n_valid=5, n_test=5, seq_len=9, dims=(6, 3, 4))
+    split = data.splits["train"]
+    presence = np.ones((37, 3), dtype=bool)
+    presence[::2, 1] = False
+    loader = make_loader(split, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0),
+                         presence=presence)
+    seen = []
+    for batch in loader:
+        assert set(batch) == {"text", "audio", "vision", "lengths", "presence", "labels", "index"}
+        b = batch["index"].shape[0]
+        assert batch["text"].shape == (b, 9, 6) and batch["audio"].shape == (b, 9, 3)
+        assert batch["vision"].dtype == torch.float32 and batch["lengths"].dtype == torch.int64
+        assert batch["presence"].shape == (b, 3) and batch["presence"].dtype == torch.bool
+        assert batch["labels"].shape == (b,) and batch["index"].dtype == torch.int64
+        gone = ~batch["presence"][:, 1]
+        assert (batch["audio"][gone] == 0).all() and torch.equal(gone, batch["index"] % 2 == 0)
+        seen += batch["index"].tolist()
+    assert sorted(seen) == list(range(37))
+    assert split.audio[0].any()  # the split itself is untouched
+    ds = MultimodalTensorDataset(split)
+    assert ds.features["text"].data_ptr() == torch.from_numpy(split.text).data_ptr()  # no copy
+    assert ds[3]["text"].shape == (1, 9, 6) and ds[[0, 5]]["presence"].all()
+    order = [b["index"].tolist() for b in make_loader(split, 10, shuffle=False)]
+    assert order[0] == list(range(10)) and len(order) == 4
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "datasets", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_synthetic():
+    res = run_cli("synthetic")
+    assert res.returncode == 0, res.stderr
+    assert "format:   synthetic" in res.stdout and "train n=1284" in res.stdout
+    assert "ids unique across splits: True" in res.stdout
+
+
+def test_cli_bad_file(tmp_path):
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(b"\x80\x04\x95garbage")
+    res = run_cli(str(bad))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "bad.pkl" in res.stderr
+    res = run_cli(str(tmp_path / "absent.pkl"))
+    assert res.returncode != 0 and "Traceback" not in res.stderr and "no such file" in res.stderr
