@@ -20,7 +20,7 @@ The trainer, evaluation and report never branch on which model runs.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -29,9 +29,13 @@ _MODELS: dict[str, type[nn.Module]] = {}
 
 def register_model(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     def deco(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = cls
+        known = _MODELS.get(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(f"model {name!r} is registered twice ({known.__module__} and {cls.__module__})")
+        # the same class again: a file run as a script (``__main__``) and imported by name; the
+        # imported one wins so checkpoints and isinstance checks see one class
+        if known is None or cls.__module__ != "__main__":
+            _MODELS[name] = cls
         return cls
     return deco
 

@@ -222,7 +222,7 @@ def _interface_flags() -> set[str]:
         pytest.skip(f"{INTERFACES} is absent (../shared/spec beside the repo)")
     text = INTERFACES.read_text()
     train_part = text.split("## Hyperparameter search")[0]
-    return set(re.findall(r"`(--[a-z_]+)", train_part)) | set(re.findall(r", `(--[a-z_]+)`", train_part))
+    return {f for f in re.findall(r"`(--[a-z_]*[a-z])", train_part) if f != "--no"}
 
 
 def test_every_interfaces_flag_exists():

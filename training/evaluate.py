@@ -38,7 +38,7 @@ def encode_split(model: nn.Module, split: Split, batch_size: int, device: torch.
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             states = model.encode(batch)
         for k, v in states.items():
-            parts.setdefault(k, []).append(v.float().cpu())
+            parts.setdefault(k, []).append((v.float() if v.is_floating_point() else v).cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

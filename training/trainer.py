@@ -178,7 +178,7 @@ class Trainer:
             n_batches += 1
             sums["total"] = sums.get("total", 0.0) + loss.item()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
+                sums[k] = sums.get(k, 0.0) + v.item()
             for k, v in out.get("diagnostics", {}).items():
                 v = v.detach().float()
                 if k == "fusion_weights" and v.dim() == 2:

@@ -1,0 +1,143 @@
+"""Variational modality encoders: one sequence of features in, one Gaussian state out.
+
+Both encoders map a zero-padded sequence ``x (B, L, D)`` with true lengths ``lengths (B,)`` to
+
+* ``tokens (B, L, H)``: per-step states for attention (steps at or past the true length are 0),
+* ``token_mask (B, L)`` bool: True on the valid steps,
+* ``mu, logvar, std, z (B, H)``: the Gaussian posterior of the modality and a sample of it.
+
+``logvar`` comes from a zero-initialised linear layer (std starts at 1) and is clamped to
+[-10, 10]. ``z = mu + std * eps`` is sampled only in training and only when ``variational`` is
+on; otherwise ``z = mu``. The encoders never look at modality presence: a missing modality is
+encoded like any other and masked later by the fusion stage.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+LOGVAR_MIN = -10.0
+LOGVAR_MAX = 10.0
+
+
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``(B,)`` true lengths -> ``(B, max_len)`` bool, True on steps ``< length``.
+
+    Lengths are clamped to ``[1, max_len]`` so a sequence always keeps one step.
+    """
+    lengths = lengths.clamp(1, max_len)
+    steps = torch.arange(max_len, device=lengths.device)
+    return steps.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x (B, L, D)`` over the steps where ``mask (B, L)`` is True -> ``(B, D)``."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+class GaussianHead(nn.Module):
+    """Pooled state ``h (B, H)`` -> ``mu, logvar, std, z`` each ``(B, H)``.
+
+    The log-variance layer is zero-initialised (std = 1 at the start) and its output clamped to
+    [-10, 10]. ``z`` is a reparameterised sample in training when ``variational`` is True, else
+    ``mu``.
+    """
+
+    def __init__(self, hidden_dim: int, variational: bool = True):
+        super().__init__()
+        self.variational = variational
+        self.mu = nn.Linear(hidden_dim, hidden_dim)
+        self.logvar = nn.Linear(hidden_dim, hidden_dim)
+        nn.init.zeros_(self.logvar.weight)
+        nn.init.zeros_(self.logvar.bias)
+
+    def forward(self, h: Tensor) -> dict[str, Tensor]:
+        mu = self.mu(h)
+        logvar = self.logvar(h).clamp(LOGVAR_MIN, LOGVAR_MAX)
+        std = torch.exp(0.5 * logvar)
+        if self.training and self.variational:
+            z = mu + std * torch.randn_like(std)
+        else:
+            z = mu
+        return {"mu": mu, "logvar": logvar, "std": std, "z": z}
+
+
+class VariationalMLPEncoder(nn.Module):
+    """Per-step MLP encoder with a masked-mean pool.
+
+    Every step goes through ``Linear(D, H) - LayerNorm - GELU - Dropout`` and one residual block
+    ``h + Dropout(GELU(LayerNorm(Linear(h))))``. The valid steps are averaged (true lengths, so
+    padding never dilutes the mean) and a :class:`GaussianHead` gives ``mu, logvar, std, z``.
+
+    forward(x (B, L, D), lengths (B,)) -> dict with ``tokens (B, L, H)`` (0 on padded steps),
+    ``token_mask (B, L)``, ``pooled (B, H)``, ``mu, logvar, std, z (B, H)``.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, dropout: float = 0.0, variational: bool = True):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Linear(input_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Dropout(dropout)
+        )
+        self.block = nn.Sequential(
+            nn.Linear(hidden_dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.GELU(), nn.Dropout(dropout)
+        )
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.head = GaussianHead(hidden_dim, variational)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        mask = length_mask(lengths, x.shape[1])
+        h = self.proj(x)
+        h = h + self.block(h)
+        tokens = h * mask.unsqueeze(-1).to(h.dtype)
+        pooled = self.norm(masked_mean(h, mask))
+        return {"tokens": tokens, "token_mask": mask, "pooled": pooled, **self.head(pooled)}
+
+
+class VariationalLSTMEncoder(nn.Module):
+    """LSTM encoder over packed sequences (true lengths, ``enforce_sorted=False``).
+
+    The LSTM has ``ceil(H / directions)`` units per direction; a linear layer maps the
+    concatenated directions back to ``H``. The pooled state is that projection applied to the
+    final hidden states (forward: last valid step; backward: first step), so padding never
+    enters. Length-1 sequences work like any other.
+
+    forward(x (B, L, D), lengths (B,)) -> dict with ``tokens (B, L, H)`` (0 on padded steps;
+    padded back to the input length ``L`` so batches concatenate), ``token_mask (B, L)``,
+    ``pooled (B, H)``, ``mu, logvar, std, z (B, H)``.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, dropout: float = 0.0, bidirectional: bool = True,
+                 variational: bool = True):
+        super().__init__()
+        self.directions = 2 if bidirectional else 1
+        units = -(-hidden_dim // self.directions)
+        self.lstm = nn.LSTM(input_dim, units, batch_first=True, bidirectional=bidirectional)
+        self.proj = nn.Linear(units * self.directions, hidden_dim)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.head = GaussianHead(hidden_dim, variational)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor]:
+        max_len = x.shape[1]
+        lengths = lengths.clamp(1, max_len)
+        mask = length_mask(lengths, max_len)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, (h_n, _) = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
+        tokens = self.dropout(self.proj(out)) * mask.unsqueeze(-1).to(x.dtype)
+        last = torch.cat([h_n[-self.directions + i] for i in range(self.directions)], dim=-1)
+        pooled = self.norm(self.dropout(self.proj(last)))
+        return {"tokens": tokens, "token_mask": mask, "pooled": pooled, **self.head(pooled)}
+
+
+def build_encoder(kind: str, input_dim: int, hidden_dim: int, dropout: float, bidirectional: bool,
+                  variational: bool) -> nn.Module:
+    """The encoder named by ``kind`` (``"mlp"`` or ``"lstm"``)."""
+    if kind == "mlp":
+        return VariationalMLPEncoder(input_dim, hidden_dim, dropout, variational)
+    if kind == "lstm":
+        return VariationalLSTMEncoder(input_dim, hidden_dim, dropout, bidirectional, variational)
+    raise ValueError(f"unknown encoder {kind!r}; choose 'mlp' or 'lstm'")

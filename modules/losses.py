@@ -1,0 +1,194 @@
+"""Loss functions: task (regression + focal label-smoothing classification), VAE, InfoNCE.
+
+Conventions: ``presence (B, M)`` bool, True = present; every loss returns a scalar tensor and
+reduces by the mean over the samples (or sample-modality pairs) that count.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def labels_to_classes(labels: Tensor, num_classes: int) -> Tensor:
+    """Sentiment scores in [-3, 3] ``(B,)`` -> class indices ``(B,)`` int64.
+
+    * 2: 0 negative (``label < 0``), 1 positive (``label >= 0``);
+    * 3: 0 negative (``< 0``), 1 neutral (``== 0``), 2 positive (``> 0``);
+    * 7: the score clipped to [-3, 3] and rounded (half to even, like ``np.round``), shifted to
+      0..6 (class 3 = 0).
+    """
+    if num_classes == 2:
+        return (labels >= 0).long()
+    if num_classes == 3:
+        return (torch.sign(labels) + 1).long()
+    if num_classes == 7:
+        return (torch.round(labels.clamp(-3.0, 3.0)) + 3).long()
+    raise ValueError(f"num_classes must be 2, 3 or 7, got {num_classes}")
+
+
+def regression_loss(pred: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
+    """Mean absolute (``"l1"``) or squared (``"mse"``) error of ``pred (B,)`` vs ``target (B,)``."""
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "mse":
+        return F.mse_loss(pred, target)
+    raise ValueError(f"reg_loss must be 'l1' or 'mse', got {kind!r}")
+
+
+class FocalLabelSmoothingLoss(nn.Module):
+    """Focal loss against label-smoothed targets.
+
+    With ``p = softmax(logits)`` and the smoothed target ``q = (1 - s) * onehot(y) + s / C``::
+
+        loss = mean_b  -sum_c q_c * (1 - p_c) ** gamma * log p_c
+
+    ``gamma = 0`` gives label-smoothing cross-entropy; ``s = 0`` gives the focal loss
+    ``-(1 - p_y) ** gamma * log p_y``; both 0 give plain cross-entropy.
+    forward(logits (B, C), target (B,) int64) -> scalar.
+    """
+
+    def __init__(self, gamma: float = 2.0, smoothing: float = 0.0):
+        super().__init__()
+        if gamma < 0 or not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"need gamma >= 0 and smoothing in [0, 1), got {gamma}, {smoothing}")
+        self.gamma = gamma
+        self.smoothing = smoothing
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        log_p = F.log_softmax(logits, dim=-1)
+        num_classes = logits.shape[-1]
+        q = F.one_hot(target, num_classes).to(log_p.dtype) * (1.0 - self.smoothing) + self.smoothing / num_classes
+        if self.gamma > 0:
+            log_p = (1.0 - log_p.exp()).clamp_min(0.0).pow(self.gamma) * log_p
+        return -(q * log_p).sum(dim=-1).mean()
+
+
+class FocalLoss(FocalLabelSmoothingLoss):
+    """Focal loss ``mean_b -(1 - p_y) ** gamma * log p_y``; logits (B, C), target (B,) -> scalar."""
+
+    def __init__(self, gamma: float = 2.0):
+        super().__init__(gamma=gamma, smoothing=0.0)
+
+
+class LabelSmoothingCrossEntropy(FocalLabelSmoothingLoss):
+    """Cross-entropy against ``(1 - s) * onehot + s / C``; logits (B, C), target (B,) -> scalar."""
+
+    def __init__(self, smoothing: float = 0.1):
+        super().__init__(gamma=0.0, smoothing=smoothing)
+
+
+def task_loss(cfg: Any, out: dict[str, Any], labels: Tensor) -> dict[str, Tensor]:
+    """The supervised terms, already weighted: ``{"reg": ..., "cls": ...}``.
+
+    ``reg = cfg.reg_weight * regression_loss(out["score"], labels, cfg.reg_loss)`` and
+    ``cls = cfg.cls_weight * FocalLabelSmoothingLoss(cfg.focal_gamma, cfg.label_smoothing)`` on
+    ``out["logits"]`` against :func:`labels_to_classes`. A term whose weight is 0 is left out.
+    """
+    losses: dict[str, Tensor] = {}
+    if cfg.reg_weight > 0:
+        losses["reg"] = cfg.reg_weight * regression_loss(out["score"], labels, cfg.reg_loss)
+    if cfg.cls_weight > 0:
+        logits = out["logits"]
+        target = labels_to_classes(labels, logits.shape[-1])
+        losses["cls"] = cfg.cls_weight * FocalLabelSmoothingLoss(cfg.focal_gamma, cfg.label_smoothing)(
+            logits, target)
+    return losses
+
+
+# ---- VAE -------------------------------------------------------------------------------------
+
+
+def kl_warmup(epoch: int, warmup_epochs: int) -> float:
+    """KL weight multiplier: linear from 0 at epoch 0 to 1 at ``epoch >= warmup_epochs`` (0-based
+    epochs; ``warmup_epochs <= 0`` gives 1 from the start)."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, epoch / warmup_epochs)))
+
+
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """``KL(N(mu, exp(logvar)) || N(0, 1))`` summed over the last dim: ``(..., H) -> (...)``."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=-1)
+
+
+def reconstruction_loss(recon: list[Tensor], target: list[Tensor], presence: Tensor) -> Tensor:
+    """Mean over present (sample, modality) pairs of the feature-averaged squared error.
+
+    ``recon[m], target[m] (B, D_m)``; ``presence (B, M)``. Missing pairs count for nothing
+    (neither in the sum nor in the count).
+    """
+    err = torch.stack([(r - t).pow(2).mean(dim=-1) for r, t in zip(recon, target)], dim=-1)  # (B, M)
+    return masked_pair_mean(err, presence)
+
+
+def kl_loss(mu: Tensor, logvar: Tensor, presence: Tensor) -> Tensor:
+    """Mean over present (sample, modality) pairs of :func:`gaussian_kl`; ``mu, logvar (B, M, H)``."""
+    return masked_pair_mean(gaussian_kl(mu, logvar), presence)
+
+
+def masked_pair_mean(values: Tensor, presence: Tensor) -> Tensor:
+    """Mean of ``values (B, M)`` over the True entries of ``presence (B, M)`` (absent: ignored)."""
+    values = torch.where(presence, values, torch.zeros_like(values))
+    return values.sum() / presence.sum().clamp_min(1)
+
+
+def vae_loss(recon: list[Tensor], target: list[Tensor], mu: Tensor, logvar: Tensor, presence: Tensor,
+             recon_weight: float = 1.0, kl_weight: float = 1.0) -> dict[str, Tensor]:
+    """``{"recon": recon_weight * reconstruction_loss, "kl": kl_weight * kl_loss}``, present only."""
+    return {
+        "recon": recon_weight * reconstruction_loss(recon, target, presence),
+        "kl": kl_weight * kl_loss(mu, logvar, presence),
+    }
+
+
+# ---- contrastive ---------------------------------------------------------------------------
+
+
+def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
+    """Symmetric InfoNCE of paired rows ``a, b (N, P)`` (row i of a matches row i of b).
+
+    Rows are L2-normalised; ``logits = a @ b.T / temperature``;
+    ``loss = (CE(logits, arange) + CE(logits.T, arange)) / 2``.
+    """
+    a = F.normalize(a, dim=-1)
+    b = F.normalize(b, dim=-1)
+    logits = a @ b.t() / temperature
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+class ModalityContrastiveLoss(nn.Module):
+    """Cross-modal InfoNCE over every modality pair, on the samples where both are present.
+
+    Each modality has its own projection head ``Linear(H, H) - GELU - Linear(H, P)``. For a pair
+    (i, j) only the rows with both modalities present take part, and a pair with fewer than 2
+    such rows is skipped. The loss is the mean of :func:`symmetric_info_nce` over the pairs that
+    count (0, without gradient, if none does).
+
+    forward(embeddings (B, M, H), presence (B, M) bool) -> scalar.
+    """
+
+    def __init__(self, hidden_dim: int, num_modalities: int = 3, proj_dim: int = 64, temperature: float = 0.1):
+        super().__init__()
+        self.temperature = temperature
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, proj_dim))
+            for _ in range(num_modalities)
+        )
+
+    def forward(self, embeddings: Tensor, presence: Tensor) -> Tensor:
+        projected = [head(embeddings[:, m]) for m, head in enumerate(self.heads)]
+        terms = []
+        for i, j in itertools.combinations(range(len(self.heads)), 2):
+            both = presence[:, i] & presence[:, j]
+            if int(both.sum()) < 2:
+                continue
+            terms.append(symmetric_info_nce(projected[i][both], projected[j][both], self.temperature))
+        if not terms:
+            return embeddings.new_zeros(())
+        return torch.stack(terms).mean()

@@ -1,0 +1,65 @@
+"""The fused proxy queries every modality's per-step states with multi-head attention."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class ProxyCrossModalAttention(nn.Module):
+    """One cross-attention block: proxy ``(B, H)`` attends over the tokens of all modalities.
+
+    Keys are the tokens plus a learned modality type embedding (so the attention knows which
+    modality a step comes from); values are the tokens. A key is ignored when its step is padding
+    or its modality is missing (``token_masks``), so a missing modality gets exactly zero
+    attention. Post-norm residual block:
+    ``p = LN(p + Drop(Attn(p, tokens)))``, ``p = LN(p + Drop(FFN(p)))``.
+
+    forward(proxy (B, H), tokens: list of M tensors (B, L_m, H), token_masks: list of M bool
+    tensors (B, L_m), True = valid key) -> (refined proxy (B, H), modality attention mass (B, M),
+    the head-averaged attention each modality's steps receive, summing to 1 per row).
+    Every row needs at least one valid key.
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int = 4, num_modalities: int = 3, dropout: float = 0.0):
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim {hidden_dim} must be a multiple of num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.type_embed = nn.Parameter(torch.randn(num_modalities, hidden_dim) * 0.02)
+        self.q_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.k_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.v_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.out_proj = nn.Linear(hidden_dim, hidden_dim)
+        self.norm1 = nn.LayerNorm(hidden_dim)
+        self.ffn = nn.Sequential(nn.Linear(hidden_dim, 2 * hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(2 * hidden_dim, hidden_dim))
+        self.norm2 = nn.LayerNorm(hidden_dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, proxy: Tensor, tokens: list[Tensor], token_masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+        B, H = proxy.shape
+        nh, hd = self.num_heads, H // self.num_heads
+        keys = torch.cat([t + self.type_embed[m] for m, t in enumerate(tokens)], dim=1)  # (B, L, H)
+        values = torch.cat(tokens, dim=1)
+        valid = torch.cat(token_masks, dim=1)  # (B, L)
+        L = keys.shape[1]
+
+        q = self.q_proj(proxy).view(B, nh, 1, hd)
+        k = self.k_proj(keys).view(B, L, nh, hd).transpose(1, 2)
+        v = self.v_proj(values).view(B, L, nh, hd).transpose(1, 2)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, nh, 1, L)
+        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+        attn = torch.softmax(scores, dim=-1)
+        out = (self.dropout(attn) @ v).reshape(B, H)
+
+        p = self.norm1(proxy + self.dropout(self.out_proj(out)))
+        p = self.norm2(p + self.dropout(self.ffn(p)))
+
+        sizes = [t.shape[1] for t in tokens]
+        per_step = attn.mean(dim=1).squeeze(1)  # (B, L)
+        mass = torch.stack([chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1)], dim=-1)
+        return p, mass
+

@@ -1,0 +1,241 @@
+"""AttentionRobustV4: shapes, the encode/fuse contract, no leakage of missing modalities, training."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from attention_robust_v4 import MODALITIES, AttentionRobustV4
+from modules.losses import task_loss
+from modules.registry import create_model
+from training.config import Config
+
+DIMS = {"text": 12, "audio": 5, "vision": 7}
+PATTERNS = [p for p in itertools.product([False, True], repeat=3) if any(p)]
+SWITCHES = ["variational", "use_gated_fusion", "use_proxy_attention", "use_aecf", "use_vae", "use_contrastive"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tiny models run fastest on one thread (and are not slowed by other jobs on the CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_cfg(**kw) -> Config:
+    base = {"hidden_dim": 32, "num_heads": 4, "dropout": 0.1}
+    base.update(kw)
+    cfg = Config(**base)
+    cfg.validate()
+    return cfg
+
+
+def make_batch(B: int = 6, lengths: tuple[int, int, int] = (8, 8, 8), dims: dict[str, int] = DIMS,
+               seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    batch: dict[str, torch.Tensor] = {}
+    true_lengths = []
+    for m, L in zip(MODALITIES, lengths):
+        n = torch.randint(1, L + 1, (B,), generator=g)
+        n[0] = L
+        x = torch.randn(B, L, dims[m], generator=g)
+        x[torch.arange(L)[None, :] >= n[:, None]] = 0.0
+        batch[m] = x
+        true_lengths.append(n)
+    batch["lengths"] = torch.stack(true_lengths, dim=1)
+    batch["labels"] = torch.rand(B, generator=g) * 6 - 3
+    batch["presence"] = torch.ones(B, 3, dtype=torch.bool)
+    return batch
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+@pytest.mark.parametrize("lengths", [(50, 50, 50), (20, 37, 45), (1, 1, 1)])
+def test_output_shapes(encoder: str, lengths: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(encoder=encoder, num_classes=3), DIMS)
+    batch = make_batch(4, lengths)
+    states = model.encode(batch)
+    for i, m in enumerate(MODALITIES):
+        assert states[f"{m}_tokens"].shape == (4, lengths[i], 32)
+        assert states[f"{m}_token_mask"].shape == (4, lengths[i])
+        assert states[f"{m}_pooled_input"].shape == (4, DIMS[m])
+        for key in ("mu", "logvar", "std", "z"):
+            assert states[f"{m}_{key}"].shape == (4, 32)
+    assert all(v.shape[0] == 4 for v in states.values())
+    out = model.fuse(states, batch["presence"])
+    assert out["score"].shape == (4,) and out["logits"].shape == (4, 3)
+    assert out["score"].abs().max() <= 3.0
+    assert set(out["losses"]) == {"recon", "kl", "contrastive", "aecf_entropy"}
+    assert all(v.dim() == 0 for v in out["losses"].values())
+    diag = out["diagnostics"]
+    assert diag["fusion_weights"].shape == (4, 3) and diag["attention_entropy"].shape == (4,)
+    assert diag["aecf_mask_rate"].dim() == 0 and diag["fused_std"].shape == (4,)
+    model.eval()
+    assert model(batch)["losses"] == {}
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 7])
+def test_num_classes(num_classes: int) -> None:
+    model = AttentionRobustV4(make_cfg(num_classes=num_classes), DIMS).eval()
+    assert model(make_batch())["logits"].shape == (6, num_classes)
+
+
+def test_registry_builds_the_model() -> None:
+    model = create_model("attention_robust_v4", make_cfg(), DIMS)
+    assert isinstance(model, AttentionRobustV4)
+
+
+def test_encode_does_not_need_presence() -> None:
+    model = AttentionRobustV4(make_cfg(), DIMS).eval()
+    batch = make_batch()
+    del batch["presence"]
+    states = model.encode(batch)
+    assert model.fuse(states, torch.ones(6, 3, dtype=torch.bool))["score"].shape == (6,)
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_missing_modality_never_leaks(encoder: str) -> None:
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(encoder=encoder), DIMS).eval()
+    clean = make_batch(5, (9, 13, 6))
+    for pattern in PATTERNS:
+        presence = torch.tensor(pattern).expand(5, 3).clone()
+        zeroed, garbage = dict(clean), dict(clean)
+        for i, m in enumerate(MODALITIES):
+            if not pattern[i]:
+                zeroed[m] = torch.zeros_like(clean[m])
+                garbage[m] = torch.randn_like(clean[m]) * 100
+        a = model(zeroed, presence)
+        b = model(garbage, presence)
+        assert torch.equal(a["score"], b["score"]), pattern
+        assert torch.equal(a["logits"], b["logits"]), pattern
+        for key, value in a["diagnostics"].items():
+            assert torch.equal(value, b["diagnostics"][key]), (pattern, key)
+        w = a["diagnostics"]["fusion_weights"]
+        assert (w[:, ~torch.tensor(pattern)] == 0).all()
+        torch.testing.assert_close(w.sum(1), torch.ones(5))
+
+
+def test_mixed_presence_batch_matches_single_rows() -> None:
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(), DIMS).eval()
+    batch = make_batch(7)
+    presence = torch.tensor(PATTERNS)
+    states = model.encode(batch)
+    out = model.fuse(states, presence)
+    for i in range(7):
+        row = {k: v[i:i + 1] for k, v in states.items()}
+        torch.testing.assert_close(model.fuse(row, presence[i:i + 1])["score"], out["score"][i:i + 1])
+
+
+def test_states_concatenate_across_batches() -> None:
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(encoder="lstm"), DIMS).eval()
+    a, b = make_batch(3, seed=1), make_batch(4, seed=2)
+    sa, sb = model.encode(a), model.encode(b)
+    states = {k: torch.cat([sa[k], sb[k]]) for k in sa}
+    presence = torch.tensor(PATTERNS)
+    joint = model.fuse(states, presence)["score"]
+    as_float = {k: v.float() for k, v in states.items()}  # how the evaluator stores states
+    assert torch.equal(model.fuse(as_float, presence)["score"], joint)
+    torch.testing.assert_close(joint[:3], model.fuse(sa, presence[:3])["score"])
+    torch.testing.assert_close(joint[3:], model.fuse(sb, presence[3:])["score"])
+
+
+def test_all_missing_sample_raises() -> None:
+    model = AttentionRobustV4(make_cfg(), DIMS)
+    presence = torch.ones(6, 3, dtype=torch.bool)
+    presence[2] = False
+    presence[4] = False
+    with pytest.raises(ValueError, match=r"sample\(s\) 2, ?4 have no modality present"):
+        model(make_batch(), presence)
+
+
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_gradients_reach_every_parameter(encoder: str) -> None:
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(encoder=encoder), DIMS).train()
+    batch = make_batch(8)
+    out = model(batch)
+    loss = sum(task_loss(model.cfg, out, batch["labels"]).values()) + sum(out["losses"].values())
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+    # something beyond the head learns from every component
+    for prefix in ("encoders.text", "fusion.gate", "proxy_attention", "pool.q_proj", "decoder", "contrastive"):
+        assert any(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n.startswith(prefix)), prefix
+
+
+@pytest.mark.parametrize("off", SWITCHES + ["all"])
+def test_every_component_can_be_switched_off(off: str) -> None:
+    torch.manual_seed(0)
+    flags = dict.fromkeys(SWITCHES if off == "all" else [off], False)
+    model = AttentionRobustV4(make_cfg(**flags), DIMS).train()
+    batch = make_batch()
+    batch["presence"][1, :2] = False
+    out = model(batch)
+    loss = sum(task_loss(model.cfg, out, batch["labels"]).values()) + sum(out["losses"].values())
+    loss.backward()
+    assert torch.isfinite(loss)
+    expected = {"recon", "kl", "contrastive", "aecf_entropy"}
+    if not flags.get("use_vae", True):
+        expected -= {"recon", "kl"}
+    if not flags.get("use_contrastive", True):
+        expected -= {"contrastive"}
+    if not flags.get("use_aecf", True):
+        expected -= {"aecf_entropy"}
+    assert set(out["losses"]) == expected
+    model.eval()
+    assert torch.isfinite(model(batch)["score"]).all()
+
+
+def test_kl_scale_multiplies_kl() -> None:
+    model = AttentionRobustV4(make_cfg(dropout=0.0), DIMS).train()
+    batch = make_batch()
+    torch.manual_seed(1)
+    full = model(batch)["losses"]["kl"]
+    model.kl_scale = 0.25
+    torch.manual_seed(1)
+    torch.testing.assert_close(model(batch)["losses"]["kl"], 0.25 * full)
+
+
+def test_eval_is_deterministic_and_training_masks() -> None:
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(aecf_mask_prob=0.5), DIMS)
+    batch = make_batch(32)
+    model.eval()
+    assert torch.equal(model(batch)["score"], model(batch)["score"])
+    assert model(batch)["diagnostics"]["aecf_mask_rate"] == 0
+    model.train()
+    assert model(batch)["diagnostics"]["aecf_mask_rate"] > 0
+
+
+def test_overfits_small_data_set() -> None:
+    torch.manual_seed(0)
+    n, dims = 64, {"text": 8, "audio": 4, "vision": 6}
+    batch = make_batch(n, (5, 5, 5), dims, seed=3)
+    signal = batch["text"].sum(1)[:, 0] + batch["audio"].sum(1)[:, 1] - batch["vision"].sum(1)[:, 2]
+    batch["labels"] = 2.5 * torch.tanh(signal / 2)
+    cfg = make_cfg(dropout=0.0, hidden_dim=32, lr=3e-3)
+    model = AttentionRobustV4(cfg, dims)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    mae = float("inf")
+    for step in range(400):
+        model.train()
+        out = model(batch)
+        loss = sum(task_loss(cfg, out, batch["labels"]).values()) + sum(out["losses"].values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 25 == 24:
+            model.eval()
+            with torch.no_grad():
+                mae = (model(batch)["score"] - batch["labels"]).abs().mean().item()
+            if mae < 0.1:
+                break
+    assert mae < 0.1, f"train MAE {mae:.3f} after {step + 1} steps"
