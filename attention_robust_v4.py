@@ -41,7 +41,8 @@ class AttentionRobustV4(nn.Module):
     """The full model; see the module docstring for the wiring.
 
     ``encode(batch) -> states``: per modality ``m`` the keys ``{m}_mu, {m}_logvar, {m}_std,
-    {m}_z`` (B, H), ``{m}_tokens`` (B, L_m, H), ``{m}_token_mask`` (B, L_m) bool and
+    {m}_z`` (B, H), ``{m}_token_mask`` (B, L_m) bool, with proxy attention ``{m}_keys`` and
+    ``{m}_values`` (B, L_m, H) (the attention's projections of the per-step states) and
     ``{m}_pooled_input`` (B, D_m) (masked mean of the input, the reconstruction target). It never
     reads presence.
 
@@ -88,8 +89,10 @@ class AttentionRobustV4(nn.Module):
         for i, m in enumerate(MODALITIES):
             x = batch[m]
             enc = self.encoders[m](x, lengths[:, i])
-            for key in ("mu", "logvar", "std", "z", "tokens", "token_mask"):
+            for key in ("mu", "logvar", "std", "z", "token_mask"):
                 states[f"{m}_{key}"] = enc[key]
+            if self.proxy_attention is not None:  # projected once here, reused under every mask
+                states[f"{m}_keys"], states[f"{m}_values"] = self.proxy_attention.project(i, enc["tokens"])
             states[f"{m}_pooled_input"] = masked_mean(x, enc["token_mask"])
         return states
 
@@ -108,12 +111,13 @@ class AttentionRobustV4(nn.Module):
         diagnostics: dict[str, Tensor] = {}
 
         if self.proxy_attention is not None:
-            tokens, masks = [], []
+            keys, values, masks = [], [], []
             for i, m in enumerate(MODALITIES):
-                t = states[f"{m}_tokens"]
-                tokens.append(torch.where(presence[:, i, None, None], t, torch.zeros_like(t)))
+                present = presence[:, i, None, None]
+                keys.append(torch.where(present, states[f"{m}_keys"], 0.0))
+                values.append(torch.where(present, states[f"{m}_values"], 0.0))
                 masks.append(states[f"{m}_token_mask"].bool() & presence[:, i, None])
-            proxy, mass = self.proxy_attention(proxy, tokens, masks)
+            proxy, mass = self.proxy_attention(proxy, keys, values, masks)
             diagnostics["proxy_attention_mass"] = mass.detach()
 
         query = self.fusion_query.expand(B, -1, -1) + proxy.unsqueeze(1)

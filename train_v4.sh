@@ -44,7 +44,7 @@ cd "$(dirname "$0")"
 : "${VAE_WEIGHT:=}"
 : "${KL_WEIGHT:=}"
 : "${DEVICE:=}"                      # auto | cpu | cuda
-: "${QUIET:=0}"                      # 1: no progress bars
+: "${QUIET:=}"                       # 1: no progress bars
 
 args=(--dataset "$DATASET" --data_format "$DATA_FORMAT" --model "$MODEL")
 [[ -n "$DATA_PATH" ]] && args+=(--data_path "$DATA_PATH")

@@ -68,9 +68,12 @@ class MultimodalTensorDataset(Dataset):
 
 
 def make_loader(split: Split, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
-                presence: np.ndarray | None = None) -> DataLoader:
-    """A DataLoader of batch dicts (batched fetch: BatchSampler as sampler, batch_size=None, no workers)."""
+                presence: np.ndarray | None = None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader of batch dicts (batched fetch: BatchSampler as sampler, batch_size=None, no workers).
+
+    ``drop_last`` drops a final incomplete batch (training uses it to avoid a batch of one,
+    which BatchNorm cannot normalise)."""
     dataset = MultimodalTensorDataset(split, presence)
     base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-    sampler = BatchSampler(base, batch_size=batch_size, drop_last=False)
+    sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)

@@ -17,10 +17,13 @@ class ProxyCrossModalAttention(nn.Module):
     attention. Post-norm residual block:
     ``p = LN(p + Drop(Attn(p, tokens)))``, ``p = LN(p + Drop(FFN(p)))``.
 
-    forward(proxy (B, H), tokens: list of M tensors (B, L_m, H), token_masks: list of M bool
-    tensors (B, L_m), True = valid key) -> (refined proxy (B, H), modality attention mass (B, M),
-    the head-averaged attention each modality's steps receive, summing to 1 per row).
-    Every row needs at least one valid key.
+    Two stages, so a test set's keys and values are computed once and reused under many masks:
+    ``project(m, tokens (B, L_m, H)) -> (keys, values)`` each ``(B, L_m, H)`` for modality index
+    ``m`` (presence-free, done in the model's ``encode``), then
+    ``forward(proxy (B, H), keys: list of M (B, L_m, H), values: list of M (B, L_m, H),
+    token_masks: list of M bool (B, L_m), True = valid key) -> (refined proxy (B, H), modality
+    attention mass (B, M))``, the mass being the head-averaged attention each modality's steps
+    receive, summing to 1 per row. Every row needs at least one valid key.
     """
 
     def __init__(self, hidden_dim: int, num_heads: int = 4, num_modalities: int = 3, dropout: float = 0.0):
@@ -39,17 +42,19 @@ class ProxyCrossModalAttention(nn.Module):
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, proxy: Tensor, tokens: list[Tensor], token_masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def project(self, m: int, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys ``k_proj(tokens + type_embed[m])`` and values ``v_proj(tokens)``, each (B, L_m, H)."""
+        return self.k_proj(tokens + self.type_embed[m]), self.v_proj(tokens)
+
+    def forward(self, proxy: Tensor, keys: list[Tensor], values: list[Tensor],
+                token_masks: list[Tensor]) -> tuple[Tensor, Tensor]:
         B, H = proxy.shape
         nh, hd = self.num_heads, H // self.num_heads
-        keys = torch.cat([t + self.type_embed[m] for m, t in enumerate(tokens)], dim=1)  # (B, L, H)
-        values = torch.cat(tokens, dim=1)
         valid = torch.cat(token_masks, dim=1)  # (B, L)
-        L = keys.shape[1]
-
+        L = valid.shape[1]
         q = self.q_proj(proxy).view(B, nh, 1, hd)
-        k = self.k_proj(keys).view(B, L, nh, hd).transpose(1, 2)
-        v = self.v_proj(values).view(B, L, nh, hd).transpose(1, 2)
+        k = torch.cat(keys, dim=1).view(B, L, nh, hd).transpose(1, 2)
+        v = torch.cat(values, dim=1).view(B, L, nh, hd).transpose(1, 2)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, nh, 1, L)
         scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
         attn = torch.softmax(scores, dim=-1)
@@ -58,7 +63,7 @@ class ProxyCrossModalAttention(nn.Module):
         p = self.norm1(proxy + self.dropout(self.out_proj(out)))
         p = self.norm2(p + self.dropout(self.ffn(p)))
 
-        sizes = [t.shape[1] for t in tokens]
+        sizes = [t.shape[1] for t in keys]
         per_step = attn.mean(dim=1).squeeze(1)  # (B, L)
         mass = torch.stack([chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1)], dim=-1)
         return p, mass

@@ -179,13 +179,18 @@ def test_proxy_attention_masks_missing_and_padding() -> None:
              torch.ones(B, 2, dtype=torch.bool)]
     masks[0][:, 3:] = False
     proxy = torch.randn(B, H)
-    out, mass = attn(proxy, tokens, masks)
+
+    def run(toks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        kv = [attn.project(m, t) for m, t in enumerate(toks)]
+        return attn(proxy, [k for k, _ in kv], [v for _, v in kv], masks)
+
+    out, mass = run(tokens)
     assert out.shape == (B, H) and mass.shape == (B, 3)
     assert (mass[:, 1] == 0).all()
     torch.testing.assert_close(mass.sum(1), torch.ones(B))
     garbage = [tokens[0].clone(), torch.randn(B, 9, H) * 50, tokens[2]]
     garbage[0][:, 3:] = 77.0
-    out2, mass2 = attn(proxy, garbage, masks)
+    out2, mass2 = run(garbage)
     assert torch.equal(out, out2) and torch.equal(mass, mass2)
 
 

@@ -92,7 +92,9 @@ class Config:
     # ---- evaluation -------------------------------------------------------------------------
     eval_missing_rates: list[float] = _f(DEFAULT_RATES, "random modality-missing rates of the test sweep")
     eval_frame_missing_rates: list[float] = _f(DEFAULT_RATES, "frame-level missing rates of the test sweep")
-    calibrate: bool = _f(True, "temperature scaling of the class head fitted on the validation split")
+    calibrate: bool = _f(True, "per-presence-pattern temperature scaling of the class head, fitted on valid")
+    calibrate_score: bool = _f(True, "per-presence-pattern affine correction (a >= 0) of the score, fitted on "
+                               "valid: shrinks patterns that carry no signal on new videos toward the prior")
     # ---- run --------------------------------------------------------------------------------
     output_dir: str = _f("runs/attention_robust_v4", "where every artefact goes")
     eval_only: bool = _f(False, "evaluate --checkpoint without training")

@@ -63,19 +63,24 @@ def fuse_split(model: nn.Module, states: dict[str, torch.Tensor], presence: np.n
                  torch.cat(weights).numpy() if weights else None)
 
 
-def softmax(logits: np.ndarray, temperature: np.ndarray | float = 1.0) -> np.ndarray:
-    z = logits / np.asarray(temperature, dtype=np.float64).reshape(-1, 1)
-    z = z - z.max(1, keepdims=True)
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(1, keepdims=True)
 
 
-def predictions(fused: Fused, task: str, num_classes: int, temps: np.ndarray | float = 1.0
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Reported ``(preds (N,), probs (N, C))``: the score head, or the class head's expected value."""
-    probs = softmax(fused.logits, temps)
+def predictions(fused: Fused, task: str, num_classes: int, presence: np.ndarray | None = None,
+                calibration=None) -> tuple[np.ndarray, np.ndarray]:
+    """Reported ``(preds (N,), probs (N, C))``: the score head, or the class head's expected value.
+
+    ``calibration`` (a ``training.calibration.Calibration``) is applied per presence row first.
+    """
+    score, logits = fused.score, fused.logits
+    if calibration is not None:
+        score, logits = calibration.apply(score, logits, presence)
+    probs = softmax(logits)
     if task == "regression":
-        return fused.score, probs
+        return score, probs
     centres = {2: np.array([-1.0, 1.0]), 3: np.array([-1.0, 0.0, 1.0]), 7: np.arange(-3.0, 4.0)}[num_classes]
     return probs @ centres, probs
 
@@ -108,22 +113,21 @@ def presence_patterns(presence: np.ndarray) -> np.ndarray:
 
 
 def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rates: list[float],
-                  batch_size: int, device: torch.device, task: str, num_classes: int,
-                  temps: np.ndarray | None = None, autocast: bool = False) -> dict:
+                   batch_size: int, device: torch.device, task: str, num_classes: int,
+                   calibration=None, autocast: bool = False) -> dict:
     """The full sweep of one trained model on ``split`` (test, or valid while tuning).
 
     Returns ``{"missing_rate": {p: metrics}, "frame_missing_rate": {r: metrics}, "subsets": {name:
     metrics}, "arrays": {...}}`` where arrays hold what ``predictions.npz`` stores for this seed.
-    ``temps (7,)`` are per-presence-pattern temperatures of the class head (1 when absent).
+    ``calibration`` is the validation-fitted ``Calibration`` (none: raw outputs).
     """
-    temps = np.ones(7) if temps is None else np.asarray(temps, dtype=np.float64)
     states = encode_split(model, split, batch_size, device, autocast)
     out: dict = {"missing_rate": {}, "frame_missing_rate": {}, "subsets": {}}
     preds_r, probs_r, masks_r, weights_r = [], [], [], []
 
     def run(presence: np.ndarray, st: dict) -> tuple[np.ndarray, np.ndarray, dict, Fused]:
         fused = fuse_split(model, st, presence, device, autocast=autocast)
-        preds, probs = predictions(fused, task, num_classes, temps[presence_patterns(presence)])
+        preds, probs = predictions(fused, task, num_classes, presence, calibration)
         return preds, probs, sentiment_metrics(preds, split.labels, probs), fused
 
     for p in rates:

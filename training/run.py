@@ -101,7 +101,7 @@ def _metrics(cfg: Config, per_seed: list[dict], split: str, train_seconds: float
     return {"config": cfg.to_dict(), "seeds": list(cfg.seeds), "split": split, "results": results,
             "std": std, "train_seconds": train_seconds,
             "best_epochs": [r.get("best_epoch") for r in per_seed],
-            "temperatures": [r.get("temperatures") for r in per_seed]}
+            "calibration": [r.get("calibration") for r in per_seed]}
 
 
 def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
@@ -171,14 +171,14 @@ def evaluate_checkpoints(cfg: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     per_seed, seeds, data = [], [], None
     for f in files:
-        model, saved, stats, temps, dims = load_for_eval(f, device)
+        model, saved, stats, cal, dims = load_for_eval(f, device)
         if data is None:
             data, _ = load_and_standardize(cfg, stats)
         if dict(data.dims) != dims:
             raise ValueError(f"{cfg.data_path or cfg.dataset} has feature dims {dict(data.dims)} but "
                              f"the checkpoint {f} was trained on {dims}")
         res = evaluate_split(model, data.splits["test"], cfg.eval_missing_rates, cfg.eval_frame_missing_rates,
-                             cfg.batch_size, device, saved.task, saved.num_classes, temps)
+                             cfg.batch_size, device, saved.task, saved.num_classes, cal)
         per_seed.append({"test": res})
         seeds.append(int(f.parent.name.split("_")[-1]) if f.parent.name.startswith("seed_") else saved.seeds[0])
     metrics = _metrics(cfg, per_seed, "test", 0.0)

@@ -20,7 +20,7 @@ from torch import nn
 from datasets import MultimodalData, apply_presence, make_loader, sample_presence
 from modules.losses import kl_warmup, task_loss
 from modules.registry import create_model
-from training.calibration import fit_pattern_temperatures
+from training.calibration import Calibration, fit_calibration
 from training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from training.config import Config
 from training.evaluate import evaluate_split, validation_score
@@ -84,7 +84,8 @@ class Trainer:
         seed_everything(seed)
         self.model = create_model(cfg.model, cfg, data.dims).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.steps_per_epoch = math.ceil(data.splits["train"].n / cfg.batch_size)
+        n_train = data.splits["train"].n
+        self.steps_per_epoch = n_train // cfg.batch_size + (n_train % cfg.batch_size > 1)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
         self.np_rng = np.random.default_rng(seed)
         self.loader_gen = torch.Generator().manual_seed(seed)
@@ -108,11 +109,11 @@ class Trainer:
                      rng=rng_state(self.np_rng, self.loader_gen))
         save_atomic(state, self.run_dir / "last.pt")
 
-    def save_best(self, temperatures: np.ndarray | None = None) -> None:
+    def save_best(self, calibration: Calibration | None = None) -> None:
         state = self._payload()
         state.update(epoch=self.epoch, best_value=self.best_value)
-        if temperatures is not None:
-            state["temperatures"] = torch.as_tensor(temperatures, dtype=torch.float64)
+        if calibration is not None:
+            state["calibration"] = calibration.state_dict()
         save_atomic(state, self.run_dir / "best.pt")
 
     def resume(self) -> bool:
@@ -147,7 +148,9 @@ class Trainer:
         model.train()
         if hasattr(model, "kl_scale"):
             model.kl_scale = kl_warmup(self.epoch, cfg.kl_warmup_epochs)
-        loader = make_loader(self.data.splits["train"], cfg.batch_size, shuffle=True, generator=self.loader_gen)
+        train = self.data.splits["train"]
+        loader = make_loader(train, cfg.batch_size, shuffle=True, generator=self.loader_gen,
+                             drop_last=train.n % cfg.batch_size == 1)  # never a batch of one
         sums: dict[str, float] = {}
         diag_sums: dict[str, float] = {}
         n_batches = 0
@@ -249,34 +252,32 @@ class Trainer:
     def finish(self, splits: tuple[str, ...] = ("valid", "test")) -> dict:
         """Load the best epoch, calibrate on valid, save it, and sweep each split of ``splits``.
 
-        Returns ``{split: sweep, "best_epoch": int, "best_value": float, "temperatures": list}``;
+        Returns ``{split: sweep, "best_epoch": int, "best_value": float, "calibration": dict}``;
         tuning passes ``("valid",)`` so the test split stays untouched.
         """
         cfg = self.cfg
         self.load_best()
-        temps = None
-        if cfg.calibrate:
-            temps = fit_pattern_temperatures(self.model, self.data.splits["valid"], cfg.num_classes,
-                                             cfg.batch_size, self.device)
-        self.save_best(temps)
+        cal = None
+        if cfg.calibrate or cfg.calibrate_score:
+            cal = fit_calibration(self.model, self.data.splits["valid"], cfg.num_classes, cfg.batch_size,
+                                  self.device, temperature=cfg.calibrate, score=cfg.calibrate_score)
+        self.save_best(cal)
         # valid: the random-missing sweep and subsets (for tuning and best.json); test: everything
         result: dict = {name: evaluate_split(self.model, self.data.splits[name], cfg.eval_missing_rates,
                                              cfg.eval_frame_missing_rates if name == "test" else [],
-                                             cfg.batch_size, self.device, cfg.task, cfg.num_classes, temps,
+                                             cfg.batch_size, self.device, cfg.task, cfg.num_classes, cal,
                                              self.autocast)
                         for name in splits}
         result.update(best_epoch=self.best_epoch, best_value=self.best_value,
-                      temperatures=None if temps is None else [float(t) for t in temps])
+                      calibration=None if cal is None else {k: v.tolist() for k, v in cal.state_dict().items()})
         return result
 
 
-def load_for_eval(path: Path, device: torch.device
-                  ) -> tuple[nn.Module, Config, dict, np.ndarray | None, dict[str, int]]:
-    """Rebuild a model from a ``best.pt``: (model, config, standardizer state, temperatures, dims)."""
+def load_for_eval(path: Path, device: torch.device) -> tuple[nn.Module, Config, dict, Calibration, dict[str, int]]:
+    """Rebuild a model from a ``best.pt``: (model, config, standardizer state, calibration, dims)."""
     ck = load_checkpoint(path, map_location=device)
     cfg = Config.from_dict(ck["config"])
     model = create_model(cfg.model, cfg, ck["dims"]).to(device)
     model.load_state_dict(ck["model"])
     model.eval()
-    temps = ck["temperatures"].numpy() if "temperatures" in ck else None
-    return model, cfg, ck["standardizer"], temps, dict(ck["dims"])
+    return model, cfg, ck["standardizer"], Calibration.from_state_dict(ck.get("calibration")), dict(ck["dims"])

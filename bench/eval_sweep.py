@@ -1,0 +1,63 @@
+"""The random-missing sweep (8 rates) plus the 7 fixed subsets vs one plain evaluation pass.
+
+Model: AttentionRobustV4 (default config, untrained weights: the cost does not depend on them) on
+the test split of the embedded synthetic set (686 samples, length 50, dims 300/5/20).
+
+plain: ``encode_split`` + one ``fuse_split`` with every modality present + ``sentiment_metrics``.
+sweep: ``evaluate_split`` with the 8 default rates and no frame-level rates: one encode, then
+15 fuse passes (8 rates + 7 subsets) with metrics. Because ``encode`` never reads presence, the
+sweep re-uses the encoded states and only the (small) fusion runs 15 times. Target: <= 1.5x.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench import interleaved, median, spread, verdict
+from datasets import Standardizer, make_synthetic
+from modules.registry import create_model
+from training.config import DEFAULT_RATES, Config
+from training.evaluate import encode_split, evaluate_split, fuse_split
+from training.metrics import sentiment_metrics
+
+
+def run(quick: bool = False) -> dict:
+    data = make_synthetic()
+    Standardizer.fit(data.splits["train"]).apply(data)
+    test = data.splits["test"]
+    cfg = Config()
+    torch.manual_seed(0)
+    model = create_model(cfg.model, cfg, data.dims).eval()
+    cpu = torch.device("cpu")
+    full = np.ones((test.n, 3), dtype=bool)
+
+    def plain() -> None:
+        states = encode_split(model, test, cfg.batch_size, cpu)
+        fused = fuse_split(model, states, full, cpu)
+        sentiment_metrics(fused.score, test.labels)
+
+    def sweep() -> None:
+        evaluate_split(model, test, DEFAULT_RATES, [], cfg.batch_size, cpu, cfg.task, cfg.num_classes)
+
+    states = encode_split(model, test, cfg.batch_size, cpu)
+    parts = {"encode": lambda: encode_split(model, test, cfg.batch_size, cpu),
+             "one fuse": lambda: fuse_split(model, states, full, cpu),
+             "one metrics": lambda: sentiment_metrics(np.zeros(test.n) + 0.1, test.labels)}
+    # what dominates: the same fuse pass with proxy attention off (its token K/V projections live in fuse)
+    cfg_np = Config(use_proxy_attention=False)
+    torch.manual_seed(0)
+    model_np = create_model(cfg_np.model, cfg_np, data.dims).eval()
+    states_np = encode_split(model_np, test, cfg.batch_size, cpu)
+    parts["one fuse, no proxy attention"] = lambda: fuse_split(model_np, states_np, full, cpu)
+    reps = 3 if quick else 5
+    t = interleaved({"plain": plain, "sweep": sweep}, reps, warmup=1)
+    p = interleaved(parts, reps, warmup=1)
+    ratio = median(t["sweep"]) / median(t["plain"])
+    print(f"plain pass (encode + fuse + metrics): {spread(t['plain'])}")
+    print(f"sweep (8 rates + 7 subsets)         : {spread(t['sweep'])}")
+    for k, v in p.items():
+        print(f"  component {k:>28}: {spread(v)}")
+    print(f"sweep / plain = {ratio:.2f}x  {verdict(ratio, 1.5)}  ({test.n} test samples)")
+    return {"plain_ms": 1e3 * median(t["plain"]), "sweep_ms": 1e3 * median(t["sweep"]), "ratio": ratio,
+            **{f"{k.replace(' ', '_').replace(',', '')}_ms": 1e3 * median(v) for k, v in p.items()}}

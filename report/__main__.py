@@ -1,0 +1,39 @@
+"""``python -m report OUT_A OUT_B ... --output DIR [--names A B ...]``.
+
+Reads each run folder's metrics.json and writes DIR/comparison.md, comparison.csv,
+comparison.png and comparison.json. Errors print one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from report.compare import AUILC_NOTE, ReportError, compare
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m report", description="Compare finished runs (their metrics.json) in one table and figure.",
+        epilog=AUILC_NOTE + " Runs with different missing rates are compared on the common rates, with a warning.")
+    parser.add_argument("runs", nargs="+", help="run folders (each holding metrics.json) or metrics.json files")
+    parser.add_argument("--output", required=True, help="folder for comparison.md/.csv/.png/.json")
+    parser.add_argument("--names", nargs="+", help="display names, one per run (default: folder names)")
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = compare(args.runs, args.output, args.names)
+        except (ReportError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(result["table"])
+    print(f"wrote {args.output}/comparison.md, comparison.csv, comparison.png, comparison.json")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

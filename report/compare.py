@@ -1,0 +1,231 @@
+"""Compare several runs' ``metrics.json``: one table, one figure, AUILC per run.
+
+Columns are Acc-2 and F1 (non-0) at every random modality-missing rate and every fixed subset,
+mean ± std over each run's seeds, plus AUILC. The best run per column is marked (bold in
+Markdown, ``best = True`` in the CSV); ties are all marked.
+
+AUILC (area under the indicator-vs-missing-rate curve) is the trapezoid integral of a run's mean
+Acc-2 (non-0) over the compared rates divided by the rate span (max - min), so it reads as a mean
+accuracy over the interval; with a single rate it is that rate's value. The same is reported for
+F1 (non-0). Because it is linear in the per-rate means, it equals the mean of the per-seed AUILCs;
+its seed std cannot be recovered from metrics.json (per-rate stds only) and is not reported.
+
+Runs whose rates (or subsets) differ are compared on the common ones only, with a warning naming
+what was left out; no common rate at all is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.report import write_json_atomic
+
+METRICS = {"acc2_non0": "Acc-2", "f1_non0": "F1"}
+AUILC_NOTE = ("AUILC: trapezoid area under the mean Acc-2 (non-0) vs missing-rate curve over the compared rates, "
+              "divided by the rate span, so it reads as a mean accuracy over the interval.")
+
+
+class ReportError(ValueError):
+    """A run folder cannot be compared (no metrics.json, malformed file, no common rates)."""
+
+
+@dataclass
+class Run:
+    name: str
+    path: Path
+    seeds: list
+    model: str
+    results: dict  # section -> key -> metric -> mean
+    std: dict  # section -> key -> metric -> std
+
+
+def _section(obj: dict, name: str, where: str, required: bool) -> dict:
+    sec = obj.get(name)
+    if sec is None and not required:
+        return {}
+    if not isinstance(sec, dict) or (required and not sec):
+        raise ReportError(f"{where} is malformed: '{name}' is missing or empty")
+    return sec
+
+
+def load_run(path: Path | str, name: str | None = None) -> Run:
+    """Read ``path/metrics.json`` (or ``path`` itself when it is a file) into a Run."""
+    path = Path(path)
+    file = path if path.is_file() else path / "metrics.json"
+    if not file.exists():
+        raise ReportError(f"{path} holds no metrics.json (is it a finished run's --output_dir?)")
+    try:
+        m = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportError(f"{file} is not valid JSON: {err}") from None
+    if not isinstance(m, dict) or not isinstance(m.get("results"), dict) or not isinstance(m.get("std"), dict):
+        raise ReportError(f"{file} is malformed: it needs 'results' and 'std' objects")
+    results, std = {}, {}
+    for section, required in (("missing_rate", True), ("subsets", False)):
+        res = _section(m["results"], section, f"{file} (results)", required)
+        sd = _section(m["std"], section, f"{file} (std)", bool(res))
+        for key, vals in res.items():
+            for metric in METRICS:
+                for label, src in (("results", vals), ("std", sd.get(key))):
+                    v = src.get(metric) if isinstance(src, dict) else None
+                    if not isinstance(v, (int, float)) or not math.isfinite(v):
+                        raise ReportError(f"{file} is malformed: {label}.{section}.{key}.{metric} is {v!r}")
+        if section == "missing_rate":
+            try:
+                [float(k) for k in res]
+            except ValueError:
+                raise ReportError(f"{file} is malformed: missing-rate keys {list(res)} are not numbers") from None
+        results[section] = {k: {mt: float(v[mt]) for mt in METRICS} for k, v in res.items()}
+        std[section] = {k: {mt: float(sd[k][mt]) for mt in METRICS} for k in res}
+    cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
+    seeds = m.get("seeds") or cfg.get("seeds") or []
+    label = name or (path.parent.name if path.is_file() else path.resolve().name)
+    return Run(label, path, list(seeds), str(cfg.get("model", "?")), results, std)
+
+
+def common_keys(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """The missing rates (sorted) and subsets every run has; warns about the ones left out."""
+    rate_sets = [set(r.results["missing_rate"]) for r in runs]
+    rates = sorted(set.intersection(*rate_sets), key=float)
+    if not rates:
+        listed = "; ".join(f"{r.name}: {', '.join(sorted(s, key=float))}" for r, s in zip(runs, rate_sets))
+        raise ReportError(f"the runs share no missing rate ({listed})")
+    for r, s in zip(runs, rate_sets):
+        extra = sorted(s - set(rates), key=float)
+        if extra:
+            warnings.warn(f"{r.name}: missing rate(s) {', '.join(extra)} are not in every run; compared on "
+                          f"{', '.join(rates)} only", stacklevel=2)
+    subset_sets = [list(r.results["subsets"]) for r in runs]
+    subsets = [s for s in subset_sets[0] if all(s in other for other in subset_sets[1:])]
+    for r, s in zip(runs, subset_sets):
+        extra = [k for k in s if k not in subsets]
+        if extra:
+            warnings.warn(f"{r.name}: subset(s) {', '.join(extra)} are not in every run and are left out",
+                          stacklevel=2)
+    return rates, subsets
+
+
+def auilc(rates: list[str], values: list[float]) -> float:
+    """Trapezoid area under ``values`` over ``rates`` divided by the rate span (the value itself for one rate)."""
+    x = np.array([float(r) for r in rates])
+    y = np.asarray(values, dtype=np.float64)
+    if len(x) == 1 or x[-1] == x[0]:
+        return float(y.mean())
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / (x[-1] - x[0]))
+
+
+def comparison_frame(runs: list[Run], rates: list[str], subsets: list[str]) -> pd.DataFrame:
+    """Tidy table: one row per (run, section, key, metric) with mean, std and the best flag."""
+    rows = []
+    for r in runs:
+        for section, keys in (("missing_rate", rates), ("subsets", subsets)):
+            for key in keys:
+                for metric in METRICS:
+                    rows.append({"run": r.name, "model": r.model, "n_seeds": len(r.seeds), "section": section,
+                                 "key": key, "metric": metric, "mean": r.results[section][key][metric],
+                                 "std": r.std[section][key][metric]})
+        for metric in METRICS:
+            rows.append({"run": r.name, "model": r.model, "n_seeds": len(r.seeds), "section": "auilc",
+                         "key": f"{rates[0]}-{rates[-1]}", "metric": metric,
+                         "mean": auilc(rates, [r.results["missing_rate"][k][metric] for k in rates]),
+                         "std": float("nan")})
+    df = pd.DataFrame(rows)
+    col_best = df.groupby(["section", "key", "metric"])["mean"].transform("max")
+    df["best"] = np.isclose(df["mean"], col_best, rtol=0.0, atol=1e-12)
+    return df
+
+
+def _cell(mean: float, std: float, best: bool, n_seeds: int) -> str:
+    text = f"{100 * mean:.1f}"
+    if n_seeds > 1 and math.isfinite(std):
+        text += f" ± {100 * std:.1f}"
+    return f"**{text}**" if best else text
+
+
+def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets: list[str]) -> str:
+    """One Markdown table per metric: runs as rows; rates, subsets and AUILC as columns (in %)."""
+    lines = []
+    for metric, label in METRICS.items():
+        cols = ([("missing_rate", k, f"p={k}") for k in rates] + [("subsets", k, k) for k in subsets]
+                + [("auilc", f"{rates[0]}-{rates[-1]}", "AUILC")])
+        lines += [f"### {label} (non-0), % — mean ± std over seeds; best per column in bold", "",
+                  "| run | model | seeds | " + " | ".join(c[2] for c in cols) + " |",
+                  "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
+        sel = df[df["metric"] == metric].set_index(["run", "section", "key"])
+        for r in runs:
+            cells = [_cell(*sel.loc[(r.name, s, k), ["mean", "std", "best"]], len(r.seeds)) for s, k, _ in cols]
+            lines.append(f"| {r.name} | {r.model} | {len(r.seeds)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("p: random modality-missing rate (test split); T, A, V, ...: the modalities present. AUILC: "
+                 "trapezoid area under the table's metric vs missing-rate curve over the compared rates, divided "
+                 "by the rate span, so it reads as a mean over the interval.")
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(runs: list[Run], rates: list[str], path: Path) -> None:
+    """Acc-2 and F1 (non-0) against missing rate, one line per run, bands of ± one seed std."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.array([float(k) for k in rates])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    for ax, (metric, label) in zip(axes, METRICS.items()):
+        for r in runs:
+            y = 100 * np.array([r.results["missing_rate"][k][metric] for k in rates])
+            e = 100 * np.array([r.std["missing_rate"][k][metric] for k in rates])
+            au = 100 * auilc(rates, y / 100)
+            (line,) = ax.plot(x, y, marker="o", label=f"{r.name} (AUILC {au:.1f})")
+            ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.set_xlabel("modality missing rate p")
+        ax.set_ylabel(f"{label} non-0 (%)")
+        ax.set_title(f"{label} (non-0); bands: ± std over seeds")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(paths: list[str | Path], output: str | Path, names: list[str] | None = None) -> dict:
+    """Write comparison.md, comparison.csv, comparison.png and comparison.json into ``output``."""
+    if not paths:
+        raise ReportError("give at least one run folder")
+    if names is not None and len(names) != len(paths):
+        raise ReportError(f"--names has {len(names)} name(s) for {len(paths)} run(s)")
+    runs = [load_run(p, n) for p, n in zip(paths, names or [None] * len(paths))]
+    seen: dict[str, int] = {}
+    for r in runs:  # two folders with the same base name get a suffix
+        seen[r.name] = seen.get(r.name, 0) + 1
+        if seen[r.name] > 1:
+            r.name = f"{r.name}_{seen[r.name]}"
+    rates, subsets = common_keys(runs)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    df = comparison_frame(runs, rates, subsets)
+    df.to_csv(out / "comparison.csv", index=False)
+    table = markdown_table(df, runs, rates, subsets)
+    (out / "comparison.md").write_text(table)
+    plot_comparison(runs, rates, out / "comparison.png")
+    au = df[df["section"] == "auilc"]
+    summary = {
+        "auilc_definition": AUILC_NOTE,
+        "rates": [float(k) for k in rates],
+        "subsets": subsets,
+        "runs": [{"name": r.name, "path": str(r.path), "model": r.model, "seeds": r.seeds,
+                  "auilc": {m: float(au[(au["run"] == r.name) & (au["metric"] == m)]["mean"].iloc[0])
+                            for m in METRICS}} for r in runs],
+        "best": {},
+    }
+    for row in df[df["best"]].itertuples():
+        summary["best"].setdefault(f"{row.section}/{row.key}/{row.metric}", []).append(row.run)
+    write_json_atomic(summary, out / "comparison.json")
+    return {"table": table, "summary": summary, "frame": df}

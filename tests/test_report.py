@@ -1,0 +1,123 @@
+"""``python -m report``: the comparison table equals the runs' metrics, best marks, AUILC, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from report import auilc, compare
+from report.__main__ import main as report_main
+from tests.conftest import ROOT
+from tests.helpers import tiny_args, tiny_pickle
+from training.cli import main as train_main
+from training.metrics import METRIC_NAMES
+
+RATES = ["0.0", "0.1", "0.3", "0.5"]
+SUBSETS = ["T", "A", "V", "TA", "TV", "AV", "TAV"]
+
+
+def fake_metrics(path: Path, seed: int, rates: list[str] = RATES, model: str = "lf_dnn") -> dict:
+    rng = np.random.default_rng(seed)
+    block = lambda keys: {k: {m: float(rng.uniform(0.5, 0.9)) for m in METRIC_NAMES} for k in keys}
+    m = {"config": {"model": model, "seeds": [1, 2, 3]}, "seeds": [1, 2, 3],
+         "results": {"missing_rate": block(rates), "subsets": block(SUBSETS), "frame_missing_rate": block(rates)},
+         "std": {"missing_rate": block(rates), "subsets": block(SUBSETS), "frame_missing_rate": block(rates)},
+         "train_seconds": 1.0}
+    for section in ("missing_rate", "subsets"):  # stds are small
+        for vals in m["std"][section].values():
+            for k in vals:
+                vals[k] /= 20
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "metrics.json").write_text(json.dumps(m))
+    return m
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("real")
+    data = tiny_pickle(root / "tiny.pkl")
+    out = root / "lf_dnn"
+    assert train_main(tiny_args(data, out, "--model", "lf_dnn")) == 0
+    return out
+
+
+def test_auilc_is_a_normalised_trapezoid():
+    assert auilc(["0.0", "0.5"], [0.8, 0.6]) == pytest.approx(0.7)
+    assert auilc(["0.0", "0.1", "0.3"], [0.9, 0.7, 0.7]) == pytest.approx((0.1 * 0.8 + 0.2 * 0.7) / 0.3)
+    assert auilc(["0.2"], [0.65]) == pytest.approx(0.65)
+
+
+def test_table_equals_the_runs_metrics(tmp_path, real_run):
+    runs = {name: fake_metrics(tmp_path / name, seed) for seed, name in enumerate(["a", "b"])}
+    runs["real"] = json.loads((real_run / "metrics.json").read_text())  # rates 0.0 0.3 0.5
+    paths = [tmp_path / "a", tmp_path / "b", real_run]
+    with pytest.warns(UserWarning, match="0.1"):
+        res = compare(paths, tmp_path / "cmp", names=["a", "b", "real"])
+    out = tmp_path / "cmp"
+    for f in ("comparison.md", "comparison.csv", "comparison.png", "comparison.json"):
+        assert (out / f).stat().st_size > 0
+    df = pd.read_csv(out / "comparison.csv", dtype={"key": str})
+    common = ["0.0", "0.3", "0.5"]
+    assert sorted(df[df.section == "missing_rate"]["key"].unique()) == common
+    for name, m in runs.items():
+        for section, keys in (("missing_rate", common), ("subsets", SUBSETS)):
+            for key in keys:
+                for metric in ("acc2_non0", "f1_non0"):
+                    row = df[(df.run == name) & (df.section == section) & (df.metric == metric) & (df.key == key)]
+                    assert len(row) == 1
+                    assert row["mean"].iloc[0] == pytest.approx(m["results"][section][key][metric], abs=1e-12)
+                    assert row["std"].iloc[0] == pytest.approx(m["std"][section][key][metric], abs=1e-12)
+        want = auilc(common, [m["results"]["missing_rate"][k]["acc2_non0"] for k in common])
+        got = df[(df.run == name) & (df.section == "auilc") & (df.metric == "acc2_non0")]["mean"].iloc[0]
+        assert got == pytest.approx(want)
+        assert [r for r in res["summary"]["runs"] if r["name"] == name][0]["auilc"]["acc2_non0"] == pytest.approx(want)
+    # the best flag marks the maximum of every column, and the Markdown shows it in bold
+    for _, col in df.groupby(["section", "key", "metric"]):
+        assert col["best"].tolist() == (col["mean"] == col["mean"].max()).tolist()
+    md = (out / "comparison.md").read_text()
+    best = df[(df.section == "missing_rate") & (df.metric == "acc2_non0") & (df.key == "0.0") & df.best].iloc[0]
+    assert f"**{100 * best['mean']:.1f} ± {100 * best['std']:.1f}**" in md
+    real_cell = f"{100 * runs['real']['results']['subsets']['TV']['f1_non0']:.1f}"
+    assert real_cell in md
+    assert json.loads((out / "comparison.json").read_text())["rates"] == [0.0, 0.3, 0.5]
+
+
+def test_cli_writes_and_names(tmp_path, capsys):
+    for seed, name in enumerate(["x", "y", "z"]):
+        fake_metrics(tmp_path / name, seed)
+    assert report_main([str(tmp_path / n) for n in "xyz"] + ["--output", str(tmp_path / "o"),
+                                                              "--names", "X", "Y", "Z"]) == 0
+    assert "| X |" in capsys.readouterr().out
+    assert {r["name"] for r in json.loads((tmp_path / "o" / "comparison.json").read_text())["runs"]} == set("XYZ")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "report", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    fake_metrics(tmp_path / "ok", 0)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{not json")
+    (tmp_path / "nokey").mkdir()
+    (tmp_path / "nokey" / "metrics.json").write_text(json.dumps({"results": {"missing_rate": {"0.0": {}}},
+                                                                 "std": {}}))
+    fake_metrics(tmp_path / "other", 1, rates=["0.2", "0.4"])
+    cases = {"empty": "no metrics.json", "bad": "not valid JSON", "nokey": "malformed",
+             "other": "share no missing rate"}
+    for folder, message in cases.items():
+        code = report_main([str(tmp_path / "ok"), str(tmp_path / folder), "--output", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and len(err.strip().splitlines()) == 1, (folder, err)
+    assert report_main([str(tmp_path / "ok"), "--output", str(tmp_path / "o"), "--names", "a", "b"]) == 1
+    assert "--names" in capsys.readouterr().err
+    r = run_cli(str(tmp_path / "ok"), str(tmp_path / "empty"), "--output", str(tmp_path / "o"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
