@@ -1,0 +1,279 @@
+"""Tests of ``tune.py``: flags and search space, pruning, failed trials, resume (also after SIGKILL),
+workers sharing one study (SQLite and a real PostgreSQL), and the best.json command reproducing
+the best trial's validation value."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import tune
+from tests.conftest import ROOT
+from tests.helpers import tiny_args, tiny_pickle
+from training.config import Config
+from training.trainer import NonFiniteLossError
+
+PG_URL = os.environ.get("ATTENTION_ROBUST_PG_URL")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return tiny_pickle(tmp_path_factory.mktemp("data") / "tiny.pkl")
+
+
+# one torch thread per process: two workers on two cores, and no oversubscription on a busy machine
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHON=sys.executable)
+
+
+def tune_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tune.py"), *args, "--threads", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def start_tune(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "tune.py"), *args, "--threads", "1"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+def load(url: str, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def states(study: optuna.Study) -> list[TrialState]:
+    return [t.state for t in study.get_trials(deepcopy=False)]
+
+
+# ---- flags and search space (no training) ----------------------------------------------------------
+def test_explicit_flags_are_fixed_and_leave_the_space():
+    ns, base, fixed = tune.parse_args(["--lr", "0.001", "--no_use_contrastive", "--num_heads", "3",
+                                       "--n_trials", "4", "--study_name", "s"])
+    assert fixed == {"lr", "use_contrastive", "num_heads"}  # --lr 0.001 is the default, still fixed
+    assert base.lr == 1e-3 and not base.use_contrastive and base.output_dir == str(Path("runs") / "tune_s")
+    space = tune.build_space(ns, base, fixed)
+    assert "lr" not in space and "contrastive_weight" not in space and "contrastive_temperature" not in space
+    assert all(h % 3 == 0 for h in space["hidden_dim"]["choices"])
+    assert space["kl_weight"]["log"] and space["fusion_temperature"]["log"] and not space["dropout"].get("log")
+    assert set(space) <= set(tune.searchable_fields())
+    start = tune.search_base(base, fixed, ["mae"])
+    assert start.select_metric == "mae" and {0.0, 0.3, 0.5, 0.7} <= set(start.eval_missing_rates)
+    cfg = tune.trial_config(start, {"hidden_dim": 48, "dropout": 0.2}, Path("/tmp/o"), 5)
+    assert isinstance(cfg, Config) and cfg.hidden_dim == 48 and cfg.eval_frame_missing_rates == [0.0]
+    assert cfg.output_dir == "/tmp/o/trials/trial_5" and cfg.quiet
+
+
+def test_search_space_file_is_checked(tmp_path):
+    ns, base, fixed = tune.parse_args(["--hidden_dim", "16"])
+    good = tmp_path / "space.yaml"
+    good.write_text("lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\nencoder: [mlp, lstm]\n"
+                    "hidden_dim: [32, 64]\nkl_warmup_epochs: {low: 0, high: 5}\n")
+    ns.search_space = str(good)
+    space = tune.build_space(ns, base, fixed)
+    assert set(space) == {"lr", "encoder", "kl_warmup_epochs"}  # hidden_dim is fixed on the command line
+    assert space["encoder"]["type"] == "categorical" and space["kl_warmup_epochs"]["type"] == "int"
+    bad = {"unknown.yaml": ("hiden_dim: [16]\n", "valid Config fields: "),
+           "range.yaml": ("dropout: {type: float, low: 0.0, high: 1.5}\n", "dropout must lie in [0, 1)"),
+           "type.json": ('{"encoder": {"type": "float", "low": 0, "high": 1}}', "use type categorical"),
+           "broken.yaml": ("lr: {type: float, low: [\n", "not valid YAML/JSON"),
+           "data.yaml": ("data_path: [a, b]\n", "cannot be searched")}
+    for name, (text, message) in bad.items():
+        (tmp_path / name).write_text(text)
+        ns.search_space = str(tmp_path / name)
+        with pytest.raises(tune.TuneError, match=message.replace("[", r"\[").replace(")", r"\)")):
+            tune.build_space(ns, base, fixed)
+    ns.search_space = str(tmp_path / "missing.yaml")
+    with pytest.raises(tune.TuneError, match="cannot read search space file"):
+        tune.build_space(ns, base, fixed)
+
+
+def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
+    base = tiny_args(tiny, tmp_path / "out")
+    r = tune_cli(*base, "--storage", "nosuchdb://x/y", "--n_trials", "1")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["error: cannot open --storage nosuchdb://x/y: "
+                                             "Can't load plugin: sqlalchemy.dialects:nosuchdb"]
+    (tmp_path / "space.yaml").write_text("not_a_field: [1, 2]\n")
+    capsys.readouterr()
+    assert tune.main([*base, "--search_space", str(tmp_path / "space.yaml")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown parameter 'not_a_field'; valid Config fields: " in err[0]
+    assert tune.main([*base, "--search_space", str(tmp_path / "absent.yaml")]) == 1
+    assert "cannot read search space file" in capsys.readouterr().err
+    for argv, message in ((["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
+                          (["--objective", "f1_robust", "ece", "--directions", "maximize"],
+                           "one direction per objective"),
+                          (["--objective", "f2"], "unknown objective 'f2'")):
+        with pytest.raises(SystemExit) as exc:
+            tune.main([*base, *argv])
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+# ---- pruning and failures (the training replaced by a stand-in) -------------------------------------
+def fake_results(value: float) -> dict:
+    per_rate = {f"{p:.1f}": {"acc2_has0": value, "f1_has0": value, "acc2_non0": value, "f1_non0": value,
+                             "mae": 1.0 - value, "corr": value, "acc7": value, "ece": 0.5 - value / 2}
+                for p in (0.0, 0.3, 0.5, 0.7)}
+    return {"missing_rate": per_rate}
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """run_experiment stand-in: lr 0.001 is good (0.8), lr 0.0001 bad (0.1), lr 0.01 diverges."""
+    epochs_run: dict[str, int] = {}
+
+    def fake(cfg, on_epoch=None, splits=("valid", "test"), data=None, stats=None):
+        assert splits == ("valid",), "the test split must not be touched while searching"
+        if cfg.lr == 0.01:
+            raise NonFiniteLossError("loss term 'reg' became nan at epoch 1")
+        value = 0.8 if cfg.lr == 0.001 else 0.1
+        for epoch in range(1, cfg.epochs + 1):
+            epochs_run[cfg.output_dir] = epoch
+            if on_epoch is not None:
+                on_epoch(0, epoch, value)
+        return {"valid": {"results": fake_results(value)}}
+
+    monkeypatch.setattr(tune, "run_experiment", fake)
+    return epochs_run
+
+
+class Records(logging.Handler):
+    """Collects the log records that reach Optuna's handlers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_pruner_stops_a_bad_trial_and_a_failed_trial_does_not_end_the_study(tiny, tmp_path, fake_training):
+    out, url = tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}"
+    (tmp_path / "space.yaml").write_text("lr: [0.001, 0.0001, 0.01]\n")
+    study = optuna.create_study(storage=url, study_name="prune", direction="maximize")
+    for lr in (0.001, 0.001, 0.001, 0.0001, 0.01, 0.001):
+        study.enqueue_trial({"lr": lr})
+    argv = tiny_args(tiny, out, "--epochs", "6", "--storage", url, "--study_name", "prune", "--n_trials", "6",
+                     "--search_space", str(tmp_path / "space.yaml"), "--skip_final_eval")
+    seen = Records()
+    logging.getLogger("optuna").addHandler(seen)
+    try:
+        assert tune.main(argv) == 0
+    finally:
+        logging.getLogger("optuna").removeHandler(seen)
+    failed = [r for r in seen.records if "Trial 4 failed with parameters" in r.getMessage()]
+    assert failed and "NonFiniteLossError" in failed[0].getMessage() and failed[0].exc_info is None  # one line
+    trials = load(url, "prune").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED, TrialState.FAIL,
+                                                                     TrialState.COMPLETE]
+    pruned = trials[3]
+    assert max(pruned.intermediate_values) < 6 and fake_training[str(out / "trials" / "trial_3")] < 6
+    assert "NonFiniteLossError" in trials[4].user_attrs["fail_reason"]
+    best = json.loads((out / "best.json").read_text())
+    assert best["value"] == pytest.approx(0.8) and best["params"] == {"lr": 0.001}
+    assert best["trials"] == {"complete": 4, "pruned": 1, "fail": 1, "running": 0, "waiting": 0}
+    assert (out / "trials.csv").read_text().count("\n") == 7
+
+
+def test_multi_objective_reports_the_pareto_front(tiny, tmp_path, fake_training):
+    out = tmp_path / "out"
+    (tmp_path / "space.json").write_text('{"lr": {"type": "categorical", "choices": [0.001, 0.0001]}}')
+    argv = tiny_args(tiny, out, "--n_trials", "4", "--search_space", str(tmp_path / "space.json"),
+                     "--objective", "f1_robust", "ece", "--directions", "maximize", "minimize",
+                     "--sampler_seed", "1", "--skip_final_eval")
+    assert tune.main(argv) == 0
+    best = json.loads((out / "best.json").read_text())
+    assert best["objectives"] == ["f1_robust", "ece"] and best["params"] == {"lr": 0.001}
+    assert best["values"] == pytest.approx([0.8, 0.1]) and best["pareto_front"]
+    assert all(p["command"].startswith("bash train_v4.sh ") for p in best["pareto_front"])
+
+
+# ---- real training -----------------------------------------------------------------------------------
+def test_rerun_adds_trials_and_best_command_reproduces_the_value(tiny, tmp_path):
+    out = tmp_path / "out"
+    argv = tiny_args(tiny, out, "--study_name", "resume", "--sampler_seed", "0")
+    r = tune_cli(*argv, "--n_trials", "2")
+    assert r.returncode == 0, r.stderr
+    url = f"sqlite:///{out.resolve() / 'study.db'}"
+    assert states(load(url, "resume")).count(TrialState.COMPLETE) == 2
+    r = tune_cli(*argv, "--n_trials", "1")
+    assert r.returncode == 0, r.stderr
+    assert len(load(url, "resume").trials) == 3  # resumed: added, not started over
+    for n in range(3):
+        assert (out / "trials" / f"trial_{n}" / "seed_7" / "best.pt").exists()
+    assert not any(p.name.startswith("result_test") for p in (out / "trials").rglob("*"))  # valid only
+    best = json.loads((out / "best.json").read_text())
+    assert set(best) >= {"value", "params", "command", "test"}
+    assert best["validation_rerun"]["f1_robust"] == pytest.approx(best["value"], abs=1e-6)
+    assert json.loads((out / "best" / "metrics.json").read_text())["results"]["missing_rate"]
+    assert (out / "trials.csv").exists() and list((out / "plots").iterdir())
+    cmd = shlex.split(best["command"])
+    assert cmd[:2] == ["bash", "train_v4.sh"]
+    run = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    retrained = Path(cmd[cmd.index("--output_dir") + 1])
+    metrics = json.loads((retrained / "metrics.json").read_text())
+    assert tune.objective_value("f1_robust", metrics["validation"]) == pytest.approx(best["value"], abs=1e-6)
+
+
+def test_sigkill_mid_trial_then_rerun_resumes(tiny, tmp_path):
+    out = tmp_path / "out"
+    url = f"sqlite:///{out.resolve() / 'study.db'}"
+    argv = tiny_args(tiny, out, "--study_name", "killed", "--skip_final_eval", "--pruner", "none")
+    proc = start_tune(*argv, "--epochs", "400", "--patience", "0", "--n_trials", "3")
+    last = out / "trials" / "trial_0" / "seed_7" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert states(load(url, "killed")) == [TrialState.RUNNING]
+    r = tune_cli(*argv, "--n_trials", "1")
+    assert r.returncode == 0, r.stderr
+    trials = load(url, "killed").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"] == "its process died"
+    assert trials[1].params == trials[0].params  # the killed trial was retried
+
+
+def two_workers(tiny: Path, tmp_path: Path, url: str, name: str) -> optuna.Study:
+    procs = [start_tune(*tiny_args(tiny, tmp_path / f"worker_{i}", "--storage", url, "--study_name", name,
+                                   "--n_trials", "2", "--sampler_seed", str(i), "--skip_final_eval"))
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    return load(url, name)
+
+
+def test_two_processes_share_a_sqlite_study(tiny, tmp_path):
+    study = two_workers(tiny, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}", "shared")
+    assert states(study) == [TrialState.COMPLETE] * 4, [t.user_attrs.get("fail_reason") for t in study.trials]
+    assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2
+
+
+@pytest.mark.skipif(not PG_URL, reason="ATTENTION_ROBUST_PG_URL is unset: start a server with "
+                                       "`export ATTENTION_ROBUST_PG_URL=$(bash scripts/postgres_study.sh)`")
+def test_two_processes_share_a_postgresql_study(tiny, tmp_path):
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    try:
+        study = two_workers(tiny, tmp_path, PG_URL, name)
+        assert states(study) == [TrialState.COMPLETE] * 4, [t.user_attrs.get("fail_reason") for t in study.trials]
+        assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2
+    finally:
+        try:
+            optuna.delete_study(study_name=name, storage=PG_URL)
+        except KeyError:
+            pass
