@@ -1,0 +1,142 @@
+"""Ablation study: every design component switched off in turn from the default config.
+
+    python -m bench.ablation --data_path ../shared/data/mosi_bclstm_dev.pkl --output_dir runs/ablation
+    python -m bench.ablation --variants default no_aecf --seeds 1111 --workers 1   # a subset
+
+Each variant is one ``run_experiment`` (all seeds) in ``OUTPUT_DIR/<variant>/``; finished variants
+are reused, so an interrupted study continues where it stopped. Variants run in ``--workers``
+processes with one torch thread each. Writes ``ablation.md`` and ``ablation.csv``: test mean
+Acc-2 / F1 (non-0) and ECE over the missing rates, over the seven subsets, Acc-2 at p = 0, and
+ECE at p = 0.5, mean ± std over seeds, plus the validation robustness (what selection sees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from training.config import Config
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "no_variational_sampling": {"variational": False},
+    "no_vae_loss": {"use_vae": False},
+    "no_infonce": {"use_contrastive": False},
+    "plain_uncertainty_fusion": {"use_gated_fusion": False},
+    "no_proxy_attention": {"use_proxy_attention": False},
+    "no_aecf_gate": {"use_aecf": False},
+    "no_focal_label_smoothing": {"focal_gamma": 0.0, "label_smoothing": 0.0},
+    "no_train_missing": {"train_missing_rate": 0.0},
+    "fixed_train_missing_0.5": {"train_missing_rate": 0.5, "train_missing_schedule": "fixed"},
+    "no_calibration": {"calibrate": False, "calibrate_score": False},
+}
+
+
+def _run_variant(args: tuple[str, dict, dict]) -> str:
+    import torch
+
+    from training.run import run_experiment
+
+    name, base, overrides = args
+    torch.set_num_threads(1)
+    cfg = Config(**{**base, **overrides})
+    cfg.validate()
+    if not (Path(cfg.output_dir) / "metrics.json").exists():
+        run_experiment(cfg)
+    return name
+
+
+def _seed_values(out: Path, split: str = "test") -> dict[str, list[float]]:
+    """Per-seed summaries from each seed's result.json."""
+    vals: dict[str, list[float]] = {}
+    for res_path in sorted(out.glob("seed_*/result.json")):
+        res = json.loads(res_path.read_text())[split]
+        rates, subsets = res["missing_rate"], res["subsets"]
+        row = {
+            "acc2_rates": np.mean([m["acc2_non0"] for m in rates.values()]),
+            "f1_rates": np.mean([m["f1_non0"] for m in rates.values()]),
+            "ece_rates": np.mean([m["ece"] for m in rates.values()]),
+            "acc2_subsets": np.mean([m["acc2_non0"] for m in subsets.values()]),
+            "f1_subsets": np.mean([m["f1_non0"] for m in subsets.values()]),
+            "ece_subsets": np.mean([m["ece"] for m in subsets.values()]),
+            "acc2_p0": rates["0.0"]["acc2_non0"] if "0.0" in rates else np.nan,
+            "ece_p0.5": rates["0.5"]["ece"] if "0.5" in rates else np.nan,
+        }
+        for k, v in row.items():
+            vals.setdefault(k, []).append(float(v))
+    return vals
+
+
+def summarise(root: Path, names: list[str]) -> pd.DataFrame:
+    rows = []
+    for name in names:
+        out = root / name
+        if not (out / "metrics.json").exists():
+            continue
+        test, valid = _seed_values(out, "test"), _seed_values(out, "valid")
+        row = {"variant": name, "seeds": len(test["acc2_rates"]),
+               "valid_f1_rates": float(np.mean(valid["f1_rates"]))}
+        for k, v in test.items():
+            row[k] = float(np.mean(v))
+            row[f"{k}_std"] = float(np.std(v))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    cols = [("acc2_rates", "Acc-2 rates"), ("f1_rates", "F1 rates"), ("ece_rates", "ECE rates"),
+            ("acc2_subsets", "Acc-2 subsets"), ("f1_subsets", "F1 subsets"), ("acc2_p0", "Acc-2 p=0"),
+            ("ece_p0.5", "ECE p=0.5")]
+    lines = ["| variant | valid F1 rates | " + " | ".join(label for _, label in cols) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in cols) + " |"]
+    for _, r in df.iterrows():
+        cells = []
+        for key, _ in cols:
+            scale, fmt = (1, "{:.3f}") if key.startswith("ece") else (100, "{:.1f}")
+            cells.append(f"{fmt.format(scale * r[key])} ± {fmt.format(scale * r[key + '_std'])}")
+        lines.append(f"| {r['variant']} | {100 * r['valid_f1_rates']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + (
+        "\n\nTest split, mean ± std over seeds. 'rates': mean over the random missing rates; 'subsets':"
+        " mean over T, A, V, TA, TV, AV, TAV; accuracies and F1 non-0 in %. 'valid F1 rates' is the"
+        " validation robustness (mean F1 non-0 over the rates), the number model selection can see.\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--dataset", default="synthetic")
+    parser.add_argument("--output_dir", default="runs/ablation")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113])
+    parser.add_argument("--epochs", type=int, default=Config.epochs)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    root = Path(args.output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    base = {"dataset": args.dataset, "data_path": args.data_path, "seeds": args.seeds, "epochs": args.epochs,
+            "quiet": True, "tensorboard": False, "eval_frame_missing_rates": [0.0], "resume": True}
+    names = {f.name for f in dataclasses.fields(Config)}
+    jobs = []
+    for name in args.variants:
+        assert set(VARIANTS[name]) <= names, name
+        jobs.append((name, base, {**VARIANTS[name], "output_dir": str(root / name)}))
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for name in pool.map(_run_variant, jobs):
+            print(f"finished {name}", file=sys.stderr, flush=True)
+    df = summarise(root, args.variants)
+    df.to_csv(root / "ablation.csv", index=False)
+    md = to_markdown(df)
+    (root / "ablation.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
