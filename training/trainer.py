@@ -184,12 +184,11 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v.item()
             for k, v in out.get("diagnostics", {}).items():
                 v = v.detach().float()
-                if k == "fusion_weights" and v.dim() == 2:
+                if v.dim() == 2 and v.shape[1] == 3:  # per-modality weights: mean where present
                     for i, m in enumerate(("text", "audio", "vision")):
-                        # mean weight over the samples where the modality is present
                         sel = batch["presence"][:, i]
                         val = float(v[sel, i].mean()) if sel.any() else 0.0
-                        diag_sums[f"weight_{m}"] = diag_sums.get(f"weight_{m}", 0.0) + val
+                        diag_sums[f"{k}/{m}"] = diag_sums.get(f"{k}/{m}", 0.0) + val
                 else:
                     diag_sums[k] = diag_sums.get(k, 0.0) + float(v.mean())
             if self.progress:
