@@ -111,13 +111,10 @@ class AttentionRobustV4(nn.Module):
         diagnostics: dict[str, Tensor] = {}
 
         if self.proxy_attention is not None:
-            keys, values, masks = [], [], []
-            for i, m in enumerate(MODALITIES):
-                present = presence[:, i, None, None]
-                keys.append(torch.where(present, states[f"{m}_keys"], 0.0))
-                values.append(torch.where(present, states[f"{m}_values"], 0.0))
-                masks.append(states[f"{m}_token_mask"].bool() & presence[:, i, None])
-            proxy, mass = self.proxy_attention(proxy, keys, values, masks)
+            # a missing modality's keys are masked and its contribution zeroed inside the attention
+            masks = [states[f"{m}_token_mask"].bool() & presence[:, i, None] for i, m in enumerate(MODALITIES)]
+            proxy, mass = self.proxy_attention(proxy, [states[f"{m}_keys"] for m in MODALITIES],
+                                               [states[f"{m}_values"] for m in MODALITIES], masks)
             diagnostics["proxy_attention_mass"] = mass.detach()
 
         query = self.fusion_query.expand(B, -1, -1) + proxy.unsqueeze(1)

@@ -50,20 +50,25 @@ class ProxyCrossModalAttention(nn.Module):
                 token_masks: list[Tensor]) -> tuple[Tensor, Tensor]:
         B, H = proxy.shape
         nh, hd = self.num_heads, H // self.num_heads
-        valid = torch.cat(token_masks, dim=1)  # (B, L)
-        L = valid.shape[1]
         q = self.q_proj(proxy).view(B, nh, 1, hd)
-        k = torch.cat(keys, dim=1).view(B, L, nh, hd).transpose(1, 2)
-        v = torch.cat(values, dim=1).view(B, L, nh, hd).transpose(1, 2)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, nh, 1, L)
-        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-        attn = torch.softmax(scores, dim=-1)
-        out = (self.dropout(attn) @ v).reshape(B, H)
+        # scores per modality, so the large key/value tensors are read once and never copied
+        scores = []
+        for k, valid in zip(keys, token_masks):
+            k = k.view(B, -1, nh, hd).transpose(1, 2)  # (B, nh, L_m, hd)
+            s = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, nh, 1, L_m)
+            scores.append(s.masked_fill(~valid[:, None, None, :], float("-inf")))
+        sizes = [s.shape[-1] for s in scores]
+        attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, 1, L)
+        out = torch.zeros_like(q)
+        for a, v, valid in zip(self.dropout(attn).split(sizes, dim=-1), values, token_masks):
+            part = a @ v.view(B, -1, nh, hd).transpose(1, 2)  # (B, nh, 1, hd)
+            # a modality without a valid key contributes exactly 0, whatever its values hold
+            out = out + torch.where(valid.any(dim=1)[:, None, None, None], part, 0.0)
+        out = out.reshape(B, H)
 
         p = self.norm1(proxy + self.dropout(self.out_proj(out)))
         p = self.norm2(p + self.dropout(self.ffn(p)))
 
-        sizes = [t.shape[1] for t in keys]
         per_step = attn.mean(dim=1).squeeze(1)  # (B, L)
         mass = torch.stack([chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1)], dim=-1)
         return p, mass
