@@ -27,7 +27,7 @@ def one_thread():
 
 
 def make_cfg(**kw) -> Config:
-    base = {"hidden_dim": 32, "num_heads": 4, "dropout": 0.1}
+    base = {"hidden_dim": 32, "num_heads": 4, "dropout": 0.1, **dict.fromkeys(SWITCHES, True)}  # every part on
     base.update(kw)
     cfg = Config(**base)
     cfg.validate()

@@ -50,7 +50,8 @@ class Config:
     gate_alpha: float = _f(0.5, "w = alpha * w_uncertainty + (1 - alpha) * w_gate")
     fusion_temperature: float = _f(1.0, "temperature of the inverse-std softmax")
     use_proxy_attention: bool = _f(True, "fused proxy queries the modality tokens")
-    use_aecf: bool = _f(True, "AECF entropy-driven curriculum masking of attention weights")
+    use_aecf: bool = _f(False, "AECF entropy-driven curriculum masking of attention weights (off by default: "
+                        "it did not raise validation robustness on real MOSI, see README)")
     aecf_mask_prob: float = _f(0.15, "AECF base masking probability")
     aecf_entropy_target: float = _f(0.7, "AECF target normalised attention entropy")
     aecf_min_active: int = _f(1, "AECF never masks below this many present modalities")
