@@ -252,3 +252,16 @@ def test_unknown_flag_and_bad_values_get_a_clear_message():
 def test_missing_data_file_is_a_one_line_error(tmp_path):
     r = cli("--data_path", str(tmp_path / "absent.pkl"), "--output_dir", str(tmp_path / "o"), "--quiet")
     assert r.returncode == 1 and "absent.pkl" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_config_argv_round_trip_keeps_switches_explicit():
+    import dataclasses
+
+    from training.config import Config, config_from_args, config_to_argv
+
+    cfg = dataclasses.replace(Config(), hidden_dim=64, use_aecf=True, use_vae=False, seeds=[1, 2], lr=3e-4)
+    argv = config_to_argv(cfg)
+    assert config_from_args(argv) == cfg
+    # every model switch is spelt out, so the command means the same after a default flips
+    for name in ("--use_aecf", "--no_use_vae", "--use_gated_fusion", "--calibrate"):
+        assert name in argv

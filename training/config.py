@@ -207,12 +207,16 @@ def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> 
 
 
 def config_to_argv(cfg: Config, only_changed: bool = True) -> list[str]:
-    """The flags that rebuild ``cfg`` (only those that differ from the defaults, by default)."""
+    """The flags that rebuild ``cfg``: those that differ from the defaults (all, with
+    ``only_changed=False``), plus every model/loss switch, so a saved command keeps its meaning
+    when a default is flipped later."""
     base = Config()
     argv: list[str] = []
+    run_flags = {"eval_only", "resume", "overwrite", "quiet", "tensorboard", "standardize", "amp"}
     for f in dataclasses.fields(Config):
         value = getattr(cfg, f.name)
-        if only_changed and value == getattr(base, f.name):
+        always = isinstance(value, bool) and f.name not in run_flags
+        if only_changed and value == getattr(base, f.name) and not always:
             continue
         if isinstance(value, bool):
             argv.append(f"--{f.name}" if value else f"--no_{f.name}")
