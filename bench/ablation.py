@@ -1,4 +1,4 @@
-"""Ablation study: every design component switched off in turn from the default config.
+"""Ablation study: every design component switched in turn from the default config.
 
     python -m bench.ablation --data_path ../shared/data/mosi_bclstm_dev.pkl --output_dir runs/ablation
     python -m bench.ablation --variants default no_aecf --seeds 1111 --workers 1   # a subset
@@ -31,7 +31,7 @@ VARIANTS: dict[str, dict] = {
     "no_infonce": {"use_contrastive": False},
     "plain_uncertainty_fusion": {"use_gated_fusion": False},
     "no_proxy_attention": {"use_proxy_attention": False},
-    "no_aecf_gate": {"use_aecf": False},
+    "with_aecf_gate": {"use_aecf": True},  # off by default since this study (see README)
     "no_focal_label_smoothing": {"focal_gamma": 0.0, "label_smoothing": 0.0},
     "no_train_missing": {"train_missing_rate": 0.0},
     "fixed_train_missing_0.5": {"train_missing_rate": 0.5, "train_missing_schedule": "fixed"},
