@@ -137,7 +137,7 @@ def plot_calibration(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0.5
         ax.bar(centres, accs, width=0.08, alpha=0.7, label="accuracy per bin")
         p_pos = np.where(correct, conf, 1 - conf)  # any P(pos) with the same conf/correct gives the same ECE
         ece = ece_score(p_pos, np.ones_like(correct))
-        ax.set_title(f"p = {p:.1f}: ECE {ece:.3f}")
+        ax.set_title(f"p = {p:.1f}: ECE {ece:.3f} (seeds pooled)")
         ax.set_xlim(0.45, 1.0)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
