@@ -48,7 +48,6 @@ from training.run import load_and_standardize, run_experiment
 
 log = logging.getLogger("tune")
 
-EXIT_ERROR = 1
 METRICS = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece")
 MINIMIZED_METRICS = ("mae", "ece")
 # name -> (metric, missing rates averaged, natural direction)
@@ -802,19 +801,12 @@ def main(argv: list[str] | None = None) -> int:
     """Command line entry; returns the exit status."""
     ns, base, fixed = parse_args(argv)  # argparse prints usage + error and exits 2 itself
     setup_logging(base.quiet)
-    from training.cli import user_errors
+    from training.cli import run_reporting_errors
 
-    errors = (TuneError, *user_errors())
-    try:
-        report = run(ns, base, fixed)
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume the study", file=sys.stderr)
-        return 130
-    except errors as err:
-        if os.environ.get("ATTENTION_ROBUST_DEBUG"):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+    report, status = run_reporting_errors(lambda: run(ns, base, fixed),
+                                          "interrupted; rerun the same command to resume the study", (TuneError,))
+    if status:
+        return status
     out = Path(base.output_dir)
     t = report["trials"]
     print(f"study {ns.study_name}: {t['complete']} complete, {t['pruned']} pruned, {t['fail']} failed, "

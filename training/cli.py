@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from training.config import config_from_args
 
@@ -34,22 +36,35 @@ def setup_logging(quiet: bool) -> None:
     warnings.filterwarnings("ignore", message=".*TensorFloat32.*")
 
 
-def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") -> int:
-    cfg = config_from_args(argv, prog=prog)  # argparse prints usage + error and exits 2 itself
-    setup_logging(cfg.quiet)
-    errors = user_errors()
+def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
+                         extra_errors: tuple[type[BaseException], ...] = ()) -> tuple[Any, int]:
+    """``(fn(), 0)``; a user error prints one ``error: ...`` line instead (status 1), Ctrl-C prints
+    ``interrupted`` (status 130)."""
     try:
-        from training.run import evaluate_checkpoints, run_experiment
-
-        metrics = evaluate_checkpoints(cfg) if cfg.eval_only else run_experiment(cfg)
+        return fn(), 0
     except KeyboardInterrupt:
-        print(f"interrupted; rerun with --resume --output_dir {cfg.output_dir} to continue", file=sys.stderr)
-        return 130
-    except errors as err:
+        print(interrupted, file=sys.stderr)
+        return None, 130
+    except (*extra_errors, *user_errors()) as err:
         if os.environ.get("ATTENTION_ROBUST_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_ERROR
+        return None, EXIT_ERROR
+
+
+def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") -> int:
+    cfg = config_from_args(argv, prog=prog)  # argparse prints usage + error and exits 2 itself
+    setup_logging(cfg.quiet)
+
+    def run() -> dict:
+        from training.run import evaluate_checkpoints, run_experiment
+
+        return evaluate_checkpoints(cfg) if cfg.eval_only else run_experiment(cfg)
+
+    metrics, status = run_reporting_errors(
+        run, f"interrupted; rerun with --resume --output_dir {cfg.output_dir} to continue")
+    if status:
+        return status
     print(metrics["test"]["table"])
     print(f"\nwrote {cfg.output_dir}/metrics.json, predictions.npz, results.csv and plots")
     return 0
