@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -37,3 +38,12 @@ def shared_csd() -> Path:
 @pytest.fixture
 def shared_sdk_labels() -> Path:
     return _need(SHARED_SDK_LABELS)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (and are not slowed by other jobs on the CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

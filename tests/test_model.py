@@ -17,13 +17,7 @@ PATTERNS = [p for p in itertools.product([False, True], repeat=3) if any(p)]
 SWITCHES = ["variational", "use_gated_fusion", "use_proxy_attention", "use_aecf", "use_vae", "use_contrastive"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny models run fastest on one thread (and are not slowed by other jobs on the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_cfg(**kw) -> Config:

@@ -37,13 +37,7 @@ from modules.proxy_attention import ProxyCrossModalAttention
 H = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tiny models run fastest on one thread (and are not slowed by other jobs on the CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- encoders ------------------------------------------------------------------------------
