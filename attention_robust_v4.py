@@ -25,10 +25,11 @@ from torch import Tensor, nn
 
 from modules.aecf import CurriculumMasking, MultimodalAttentionPool
 from modules.decoder import ModalityDecoder
-from modules.encoders import build_encoder, masked_mean
+from modules.encoders import build_encoder
 from modules.fusion import GatedUncertaintyFusion, UncertaintyWeightedFusion, inverse_variance_std
 from modules.heads import SentimentHead
 from modules.losses import ModalityContrastiveLoss, kl_loss, reconstruction_loss
+from modules.pooling import masked_mean
 from modules.presence import MODALITIES, check_presence
 from modules.proxy_attention import ProxyCrossModalAttention
 from modules.registry import register_model

@@ -18,24 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from modules.pooling import length_mask, masked_mean
+
 LOGVAR_MIN = -10.0
 LOGVAR_MAX = 10.0
-
-
-def length_mask(lengths: Tensor, max_len: int) -> Tensor:
-    """``(B,)`` true lengths -> ``(B, max_len)`` bool, True on steps ``< length``.
-
-    Lengths are clamped to ``[1, max_len]`` so a sequence always keeps one step.
-    """
-    lengths = lengths.clamp(1, max_len)
-    steps = torch.arange(max_len, device=lengths.device)
-    return steps.unsqueeze(0) < lengths.unsqueeze(1)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x (B, L, D)`` over the steps where ``mask (B, L)`` is True -> ``(B, D)``."""
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
 class GaussianHead(nn.Module):

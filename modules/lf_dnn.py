@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from modules.pooling import masked_mean
+from modules.pooling import length_mask, masked_mean
 from modules.presence import MODALITIES, check_presence
 from modules.registry import register_model
 
@@ -49,7 +49,8 @@ class LFDNN(nn.Module):
         self.cls_head = nn.Linear(h, cfg.num_classes)
 
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
-        return {f"{m}_pooled": masked_mean(batch[m], batch["lengths"][:, i]) for i, m in enumerate(MODALITIES)}
+        return {f"{m}_pooled": masked_mean(batch[m], length_mask(batch["lengths"][:, i], batch[m].shape[1]))
+                for i, m in enumerate(MODALITIES)}
 
     def fuse(self, states: dict[str, torch.Tensor], presence: torch.Tensor) -> dict:
         check_presence(presence)

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 
-def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    """``(B, L)`` bool, True on the first ``lengths[b]`` steps of each row."""
-    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+def length_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``(B,)`` true lengths -> ``(B, max_len)`` bool, True on steps ``< length``.
 
-
-def masked_mean(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x (B, L, D)`` over the first ``lengths (B,)`` steps of each row -> ``(B, D)``.
-
-    Steps past a row's length never contribute, whatever they hold.
+    Lengths are clamped to ``[1, max_len]`` so a sequence always keeps one step.
     """
-    mask = length_mask(lengths, x.shape[1]).to(x.dtype).unsqueeze(-1)
-    return (x * mask).sum(1) / lengths.clamp(min=1).to(x.dtype).unsqueeze(-1)
+    lengths = lengths.clamp(1, max_len)
+    steps = torch.arange(max_len, device=lengths.device)
+    return steps.unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x (B, L, D)`` over the steps where ``mask (B, L)`` is True -> ``(B, D)``.
+
+    Masked steps never contribute, whatever they hold.
+    """
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from modules.lf_dnn import SubNet
-from modules.pooling import masked_mean
+from modules.pooling import length_mask, masked_mean
 from modules.presence import check_presence
 from modules.registry import register_model
 
@@ -65,8 +65,8 @@ class TFN(nn.Module):
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
         lengths = batch["lengths"]
         return {"text": batch["text"], "text_lengths": lengths[:, 0],
-                "audio_pooled": masked_mean(batch["audio"], lengths[:, 1]),
-                "vision_pooled": masked_mean(batch["vision"], lengths[:, 2])}
+                "audio_pooled": masked_mean(batch["audio"], length_mask(lengths[:, 1], batch["audio"].shape[1])),
+                "vision_pooled": masked_mean(batch["vision"], length_mask(lengths[:, 2], batch["vision"].shape[1]))}
 
     def fuse(self, states: dict[str, torch.Tensor], presence: torch.Tensor) -> dict:
         check_presence(presence)

@@ -17,7 +17,7 @@ from modules.aecf import (
     normalized_entropy,
 )
 from modules.decoder import ModalityDecoder
-from modules.encoders import VariationalLSTMEncoder, VariationalMLPEncoder, build_encoder, length_mask
+from modules.encoders import VariationalLSTMEncoder, VariationalMLPEncoder, build_encoder
 from modules.fusion import GatedUncertaintyFusion, UncertaintyWeightedFusion, inverse_variance_std
 from modules.losses import (
     FocalLabelSmoothingLoss,
@@ -32,6 +32,7 @@ from modules.losses import (
     symmetric_info_nce,
     task_loss,
 )
+from modules.pooling import length_mask
 from modules.proxy_attention import ProxyCrossModalAttention
 
 H = 16
