@@ -250,7 +250,8 @@ def test_sigkill_mid_trial_then_rerun_resumes(tiny, tmp_path):
 
 def two_workers(tiny: Path, tmp_path: Path, url: str, name: str) -> optuna.Study:
     procs = [start_tune(*tiny_args(tiny, tmp_path / f"worker_{i}", "--storage", url, "--study_name", name,
-                                   "--n_trials", "2", "--sampler_seed", str(i), "--skip_final_eval"))
+                                   "--n_trials", "2", "--sampler_seed", str(i), "--skip_final_eval",
+                                   "--pruner", "none"))
              for i in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
