@@ -12,8 +12,10 @@ Wiring (``H = cfg.hidden_dim``, modalities T/A/V)::
 
 Training-only auxiliary losses (already weighted): ``recon`` and ``kl`` (VAE over present
 modalities; ``kl`` is also multiplied by ``self.kl_scale``, set by the trainer for warm-up),
-``contrastive`` (cross-modal InfoNCE) and ``aecf_entropy``. Every component can be switched off
-by its config flag. Run ``python attention_robust_v4.py --help`` for the command line.
+``contrastive`` (cross-modal InfoNCE) and ``aecf_entropy``; with ``unimodal_weight > 0`` a linear
+probe per modality on its mean gives ``unimodal_scores`` (B, 3) that the task loss supervises.
+Every component can be switched off by its config flag. Run ``python attention_robust_v4.py --help``
+for the command line.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class AttentionRobustV4(nn.Module):
     ``fusion_weights`` (B, 3), ``aecf_weights`` (B, 3) (pool attention after masking),
     ``attention_entropy`` (B,) (normalised entropy of the pool attention over present
     modalities), ``aecf_mask_rate`` (scalar), ``fused_std`` (B,) (inverse-variance combined std
-    of the present modalities) and, with proxy attention, ``proxy_attention_mass`` (B, 3).
+    of the present modalities) and, with proxy attention, ``proxy_attention_mass`` (B, 3). In
+    training with ``unimodal_weight > 0`` also ``unimodal_scores`` (B, 3) in [-3, 3] (each
+    modality's own prediction from its mean) and the ``presence`` (B, 3) they count under.
     A missing modality's states are replaced by zeros and masked out of every weighting, so the
     output does not depend on its features at all. ``{m}_token_mask`` may come back as a float
     tensor (states stored with ``.float()``); nonzero means valid.
@@ -83,6 +87,8 @@ class AttentionRobustV4(nn.Module):
         self.decoder = ModalityDecoder(H, {m: dims[m] for m in MODALITIES}) if cfg.use_vae else None
         self.contrastive = (ModalityContrastiveLoss(H, M, min(64, H), cfg.contrastive_temperature)
                             if cfg.use_contrastive else None)
+        self.unimodal_heads = (nn.ModuleList(nn.Linear(H, 1) for _ in MODALITIES)
+                               if cfg.unimodal_weight > 0 else None)
 
     def encode(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         lengths = batch["lengths"]
@@ -147,7 +153,12 @@ class AttentionRobustV4(nn.Module):
             if self.pool.curriculum_masking is not None:
                 losses["aecf_entropy"] = cfg.entropy_weight * self.pool.curriculum_masking.entropy_loss(entropy)
 
-        return {"score": score, "logits": logits, "losses": losses, "diagnostics": diagnostics}
+        out = {"score": score, "logits": logits, "losses": losses, "diagnostics": diagnostics}
+        if self.training and self.unimodal_heads is not None:
+            out["unimodal_scores"] = 3.0 * torch.tanh(torch.cat(
+                [head(mu[:, i]) for i, head in enumerate(self.unimodal_heads)], dim=-1))
+            out["presence"] = presence
+        return out
 
     def forward(self, batch: dict[str, Tensor], presence: Tensor | None = None) -> dict[str, Any]:
         return self.fuse(self.encode(batch), batch["presence"] if presence is None else presence)

@@ -43,6 +43,8 @@ cd "$(dirname "$0")"
 : "${USE_VAE:=}"                     # 1 | 0
 : "${VAE_WEIGHT:=}"
 : "${KL_WEIGHT:=}"
+: "${UNIMODAL_WEIGHT:=}"             # per-modality probe supervision (0 disables)
+: "${DISTILL_WEIGHT:=}"              # self-distillation toward the full-modality prediction (0: off)
 : "${DEVICE:=}"                      # auto | cpu | cuda
 : "${QUIET:=}"                       # 1: no progress bars
 
@@ -77,6 +79,7 @@ switch use_aecf "$USE_AECF"; value aecf_mask_prob "$AECF_MASK_PROB"
 value aecf_entropy_target "$AECF_ENTROPY_TARGET"; value aecf_min_active "$AECF_MIN_ACTIVE"
 value entropy_weight "$ENTROPY_WEIGHT"
 switch use_vae "$USE_VAE"; value vae_weight "$VAE_WEIGHT"; value kl_weight "$KL_WEIGHT"
+value unimodal_weight "$UNIMODAL_WEIGHT"; value distill_weight "$DISTILL_WEIGHT"
 value device "$DEVICE"
 switch quiet "$QUIET"
 

@@ -95,6 +95,7 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "entropy_weight": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
     "vae_weight": {"type": "float", "low": 1e-3, "high": 1.0, "log": True},
     "kl_weight": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "unimodal_weight": {"type": "float", "low": 0.0, "high": 2.0},
     "train_missing_rate": {"type": "float", "low": 0.0, "high": 0.8},
 }
 # A feature switched off on the command line takes its parameters out of the default space.

@@ -29,12 +29,14 @@ VARIANTS: dict[str, dict] = {
     "no_variational_sampling": {"variational": False},
     "no_vae_loss": {"use_vae": False},
     "no_infonce": {"use_contrastive": False},
+    "with_unimodal_probes": {"unimodal_weight": 1.0},  # off by default (see README)
     "plain_uncertainty_fusion": {"use_gated_fusion": False},
     "no_proxy_attention": {"use_proxy_attention": False},
-    "with_aecf_gate": {"use_aecf": True},  # off by default since this study (see README)
+    "with_aecf_gate": {"use_aecf": True},  # off by default (see README)
     "no_focal_label_smoothing": {"focal_gamma": 0.0, "label_smoothing": 0.0},
     "no_train_missing": {"train_missing_rate": 0.0},
     "fixed_train_missing_0.5": {"train_missing_rate": 0.5, "train_missing_schedule": "fixed"},
+    "with_distillation": {"distill_weight": 1.0},  # off by default (see README)
     "no_calibration": {"calibrate": False, "calibrate_score": False},
 }
 

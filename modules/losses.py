@@ -1,4 +1,5 @@
-"""Loss functions: task (regression + focal label-smoothing classification), VAE, InfoNCE.
+"""Loss functions: task (regression + focal label-smoothing classification), self-distillation,
+VAE, InfoNCE.
 
 Conventions: ``presence (B, M)`` bool, True = present; every loss returns a scalar tensor and
 reduces by the mean over the samples (or sample-modality pairs) that count.
@@ -88,6 +89,9 @@ def task_loss(cfg: Any, out: dict[str, Any], labels: Tensor) -> dict[str, Tensor
     ``reg = cfg.reg_weight * regression_loss(out["score"], labels, cfg.reg_loss)`` and
     ``cls = cfg.cls_weight * FocalLabelSmoothingLoss(cfg.focal_gamma, cfg.label_smoothing)`` on
     ``out["logits"]`` against :func:`labels_to_classes`. A term whose weight is 0 is left out.
+    When ``out`` has ``unimodal_scores (B, M)`` and ``presence (B, M)``, ``unimodal =
+    cfg.unimodal_weight *`` the same regression loss of each present modality's own score,
+    averaged over the present (sample, modality) pairs.
     """
     losses: dict[str, Tensor] = {}
     if cfg.reg_weight > 0:
@@ -97,7 +101,28 @@ def task_loss(cfg: Any, out: dict[str, Any], labels: Tensor) -> dict[str, Tensor
         target = labels_to_classes(labels, logits.shape[-1])
         losses["cls"] = cfg.cls_weight * FocalLabelSmoothingLoss(cfg.focal_gamma, cfg.label_smoothing)(
             logits, target)
+    if "unimodal_scores" in out and cfg.unimodal_weight > 0:
+        diff = out["unimodal_scores"] - labels.unsqueeze(-1)
+        err = diff.abs() if cfg.reg_loss == "l1" else diff.pow(2)
+        losses["unimodal"] = cfg.unimodal_weight * masked_pair_mean(err, out["presence"])
     return losses
+
+
+def distillation_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], select: Tensor) -> Tensor:
+    """Self-distillation of predictions made with modalities dropped toward full-modality ones.
+
+    Per sample: ``KL(softmax(teacher logits) || softmax(student logits)) + |score_s - score_t|``;
+    the teacher's outputs carry no gradient. ``student/teacher`` hold ``score (B,)`` and
+    ``logits (B, C)``; ``select (B,)`` bool picks the samples that count (those that lost a
+    modality). Returns the mean over the selected samples, or 0 without gradient if none is.
+    """
+    if not bool(select.any()):
+        return student["score"].new_zeros(())
+    t_logits, s_logits = teacher["logits"][select].detach().float(), student["logits"][select].float()
+    kl = F.kl_div(F.log_softmax(s_logits, dim=-1), F.log_softmax(t_logits, dim=-1), log_target=True,
+                  reduction="none").sum(dim=-1)
+    l1 = (student["score"][select].float() - teacher["score"][select].detach().float()).abs()
+    return (kl + l1).mean()
 
 
 # ---- VAE -------------------------------------------------------------------------------------

@@ -233,3 +233,27 @@ def test_overfits_small_data_set() -> None:
             if mae < 0.1:
                 break
     assert mae < 0.1, f"train MAE {mae:.3f} after {step + 1} steps"
+
+
+def test_unimodal_probes_learn_from_present_modalities_only() -> None:
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(unimodal_weight=0.5, dropout=0.0, variational=False), DIMS).train()
+    batch = make_batch(6)
+    batch["presence"][0] = torch.tensor([True, False, False])
+    batch["presence"][1] = torch.tensor([False, True, True])
+    out = model(batch)
+    scores, presence = out["unimodal_scores"], out["presence"]
+    assert scores.shape == (6, 3) and scores.abs().max() <= 3.0
+    term = task_loss(model.cfg, out, batch["labels"])["unimodal"]
+    err = (scores - batch["labels"][:, None]).abs()
+    torch.testing.assert_close(term, 0.5 * err[presence].mean())
+    term.backward(retain_graph=True)
+    for i, m in enumerate(MODALITIES):
+        assert model.unimodal_heads[i].weight.grad.abs().sum() > 0, m
+    # the audio probe's gradient comes only from rows where audio is present: row 0 lacks it
+    model.zero_grad()
+    only_row0 = {k: v[:1] for k, v in out.items() if k in ("score", "logits", "unimodal_scores", "presence")}
+    task_loss(model.cfg, {**out, **only_row0}, batch["labels"][:1])["unimodal"].backward()
+    assert model.unimodal_heads[1].weight.grad is None or model.unimodal_heads[1].weight.grad.abs().sum() == 0
+    model.eval()
+    assert "unimodal_scores" not in model(batch)  # training only

@@ -24,6 +24,7 @@ from modules.losses import (
     FocalLoss,
     LabelSmoothingCrossEntropy,
     ModalityContrastiveLoss,
+    distillation_loss,
     gaussian_kl,
     kl_loss,
     kl_warmup,
@@ -457,3 +458,23 @@ def test_task_loss() -> None:
     losses = task_loss(cfg, out, labels)
     assert set(losses) == {"reg"}
     torch.testing.assert_close(losses["reg"], torch.tensor(2.0 * 1.0))
+
+
+def test_distillation_by_hand_and_only_the_student_learns() -> None:
+    teacher = {"score": torch.tensor([1.0, -2.0, 0.5], requires_grad=True),
+               "logits": torch.tensor([[0.0, 1.0], [2.0, 0.0], [0.0, 0.0]], requires_grad=True)}
+    student = {"score": torch.tensor([0.0, -2.0, 3.0], requires_grad=True),
+               "logits": torch.tensor([[1.0, 0.0], [2.0, 0.0], [5.0, -5.0]], requires_grad=True)}
+    select = torch.tensor([True, True, False])
+    loss = distillation_loss(student, teacher, select)
+    p_t = F.softmax(teacher["logits"][:2].detach(), dim=-1)
+    kl = (p_t * (p_t.log() - F.log_softmax(student["logits"][:2].detach(), dim=-1))).sum(dim=-1)
+    torch.testing.assert_close(loss, (kl + torch.tensor([1.0, 0.0])).mean())
+    loss.backward()
+    assert teacher["score"].grad is None and teacher["logits"].grad is None
+    assert student["logits"].grad[2].abs().sum() == 0 and student["score"].grad[2] == 0  # not selected
+    assert student["logits"].grad[0].abs().sum() > 0
+    same = distillation_loss(teacher, teacher, torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(same, torch.tensor(0.0))
+    none = distillation_loss(student, teacher, torch.zeros(3, dtype=torch.bool))
+    assert none.item() == 0.0 and not none.requires_grad

@@ -171,6 +171,16 @@ def test_existing_run_is_not_overwritten_without_a_flag(finished_run, capsys):
     assert (finished_run / "metrics.json").read_bytes() == before
 
 
+def test_resume_with_other_settings_is_refused_and_keeps_the_run(finished_run, tiny, capsys):
+    before = {p: (finished_run / p).read_bytes() for p in ("metrics.json", "config.json")}
+    argv = tiny_args(tiny, finished_run, "--seeds", "7", "8", "--lr", "0.01", "--unimodal_weight", "1", "--resume")
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was started with other settings" in err[0]
+    assert "lr 0.001 -> 0.01" in err[0] and "unimodal_weight 0.0 -> 1.0" in err[0]
+    assert {p: (finished_run / p).read_bytes() for p in before} == before
+
+
 def test_eval_only_on_another_file_uses_the_saved_statistics(finished_run, tmp_path, capsys):
     other = tiny_pickle(tmp_path / "other.pkl", seed=5)
     out = tmp_path / "eval"
@@ -263,5 +273,48 @@ def test_config_argv_round_trip_keeps_switches_explicit():
     argv = config_to_argv(cfg)
     assert config_from_args(argv) == cfg
     # every model switch is spelt out, so the command means the same after a default flips
-    for name in ("--use_aecf", "--no_use_vae", "--use_gated_fusion", "--calibrate"):
+    for name in ("--use_aecf", "--no_use_vae", "--use_gated_fusion", "--calibrate", "--unimodal_weight",
+                 "--distill_weight"):
         assert name in argv
+
+
+def test_distillation_term_counts_only_samples_that_lost_a_modality(tiny, tmp_path, monkeypatch):
+    """The teacher sees the batch before train-time dropout; without dropout there is nothing to distil."""
+    import training.trainer as trainer_mod
+    from training.checkpoint import load_checkpoint
+
+    seen = []
+    real = trainer_mod.distillation_loss
+
+    def spy(student, teacher, select):
+        seen.append((int(select.sum()), len(select), teacher["score"].requires_grad))
+        return real(student, teacher, select)
+
+    monkeypatch.setattr(trainer_mod, "distillation_loss", spy)
+    out = tmp_path / "out"
+    assert main(tiny_args(tiny, out, "--epochs", "1", "--distill_weight", "1.0")) == 0
+    history = load_checkpoint(out / "seed_7" / "last.pt")["history"]
+    assert history[0]["loss/distill"] > 0
+    assert seen and all(0 < n <= b and not grad for n, b, grad in seen)
+    seen.clear()
+    out = tmp_path / "no_dropout"
+    assert main(tiny_args(tiny, out, "--epochs", "1", "--distill_weight", "1.0", "--train_missing_rate", "0")) == 0
+    assert not seen and load_checkpoint(out / "seed_7" / "last.pt")["history"][0]["loss/distill"] == 0
+
+
+def test_train_v4_sh_maps_variables_to_flags_the_cli_accepts():
+    from training.config import config_from_args
+
+    env = dict(os.environ, PYTHON="echo", USE_AECF="1", USE_VAE="0", UNIMODAL_WEIGHT="0", DISTILL_WEIGHT="0.5",
+               SEEDS="1 2", QUIET="1", GATE_ALPHA="0.7")
+    r = subprocess.run(["bash", str(ROOT / "train_v4.sh"), "--epochs", "3"], env=env, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    argv = r.stdout.split()
+    assert argv[0] == "attention_robust_v4.py"
+    cfg = config_from_args(argv[1:])
+    assert (cfg.use_aecf, cfg.use_vae, cfg.unimodal_weight, cfg.distill_weight) == (True, False, 0.0, 0.5)
+    assert (cfg.seeds, cfg.quiet, cfg.gate_alpha, cfg.epochs) == ([1, 2], True, 0.7, 3)
+    r = subprocess.run(["bash", str(ROOT / "train_v4.sh")], env={**env, "USE_AECF": "maybe"}, capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 2 and r.stderr.strip() == "train_v4.sh: use_aecf must be 1 or 0, got 'maybe'"

@@ -72,6 +72,8 @@ class Config:
     use_contrastive: bool = _f(True, "cross-modal InfoNCE between present modality pairs")
     contrastive_weight: float = _f(0.1, "weight of the InfoNCE loss")
     contrastive_temperature: float = _f(0.1, "InfoNCE temperature")
+    unimodal_weight: float = _f(0.0, "weight of the unimodal supervision: a linear probe per modality predicts "
+                                "the label from that modality's mean alone (0 disables)")
     # ---- training ---------------------------------------------------------------------------
     seeds: list[int] = _f([1111, 1112, 1113], "one training run per seed; results are mean and std")
     epochs: int = _f(30, "maximum training epochs")
@@ -88,6 +90,9 @@ class Config:
     train_missing_rate: float = _f(0.7, "train-time modality dropout rate (0 disables)")
     train_missing_schedule: str = _f("uniform", "'uniform': each batch draws p ~ U(0, rate); "
                                      "'fixed': every batch uses the rate", ["uniform", "fixed"])
+    distill_weight: float = _f(0.0, "self-distillation: pull each prediction made with train-time dropped "
+                               "modalities toward the same model's prediction with all of the sample's "
+                               "modalities (eval mode, no gradient); weight of that KL + L1 term")
     device: str = _f("auto", "compute device", ["auto", "cpu", "cuda"])
     amp: bool = _f(False, "automatic mixed precision (CUDA only)")
     # ---- evaluation -------------------------------------------------------------------------
@@ -134,7 +139,9 @@ class Config:
             (self.focal_gamma >= 0, "focal_gamma must be >= 0"),
             (self.contrastive_temperature > 0, "contrastive_temperature must be > 0"),
             (min(self.reg_weight, self.cls_weight, self.vae_weight, self.kl_weight,
-                 self.contrastive_weight, self.entropy_weight) >= 0, "loss weights must be >= 0"),
+                 self.contrastive_weight, self.entropy_weight, self.distill_weight,
+                 self.unimodal_weight) >= 0,
+             "loss weights must be >= 0"),
             (self.reg_weight + self.cls_weight > 0, "reg_weight and cls_weight cannot both be 0"),
             (len(self.seeds) > 0, "give at least one seed"),
             (self.epochs >= 0, "epochs must be >= 0"),
@@ -208,14 +215,15 @@ def config_from_args(argv: list[str] | None = None, prog: str | None = None) -> 
 
 def config_to_argv(cfg: Config, only_changed: bool = True) -> list[str]:
     """The flags that rebuild ``cfg``: those that differ from the defaults (all, with
-    ``only_changed=False``), plus every model/loss switch, so a saved command keeps its meaning
-    when a default is flipped later."""
+    ``only_changed=False``), plus every model/loss switch (and the weights whose 0 is a switch), so a
+    saved command keeps its meaning when a default is flipped later."""
     base = Config()
     argv: list[str] = []
     run_flags = {"eval_only", "resume", "overwrite", "quiet", "tensorboard", "standardize", "amp"}
+    switch_weights = {"unimodal_weight", "distill_weight"}  # 0 switches the component off
     for f in dataclasses.fields(Config):
         value = getattr(cfg, f.name)
-        always = isinstance(value, bool) and f.name not in run_flags
+        always = (isinstance(value, bool) and f.name not in run_flags) or f.name in switch_weights
         if only_changed and value == getattr(base, f.name) and not always:
             continue
         if isinstance(value, bool):

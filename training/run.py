@@ -48,6 +48,18 @@ def load_and_standardize(cfg: Config, stats: dict | None = None) -> tuple[Multim
     return data, {k: torch.as_tensor(np.asarray(v)) for k, v in std.state_dict().items()}
 
 
+# Settings a resumed run may change: how it runs and reports, not what it trains or measures.
+RESUMABLE_CHANGES = {"resume", "overwrite", "quiet", "tensorboard", "device", "amp", "seeds", "output_dir"}
+
+
+def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
+    """``"name saved -> now"`` for every setting that differs from the run being resumed (a
+    setting the saved config predates counts as its default)."""
+    now, default = cfg.to_dict(), Config().to_dict()
+    return [f"{k} {saved.get(k, default[k])!r} -> {now[k]!r}" for k in now
+            if k not in RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]]
+
+
 def check_output_dir(cfg: Config) -> None:
     out = Path(cfg.output_dir)
     previous = [p for p in ("metrics.json", "config.json") if (out / p).exists()] + \
@@ -56,6 +68,17 @@ def check_output_dir(cfg: Config) -> None:
         raise RunExistsError(
             f"{out} already holds a run ({', '.join(previous[:3])}); pass --resume to continue it, "
             f"--overwrite to replace it, or another --output_dir")
+    if cfg.resume and (out / "config.json").exists():
+        try:
+            saved = json.loads((out / "config.json").read_text())
+        except (OSError, ValueError) as err:
+            raise RunExistsError(f"--resume: cannot read {out / 'config.json'}: {err}") from None
+        changed = resume_conflicts(saved, cfg)
+        if changed:
+            raise RunExistsError(
+                f"--resume: {out} was started with other settings ({'; '.join(changed[:5])}"
+                f"{'; ...' if len(changed) > 5 else ''}); resume with the same flags, or pass --overwrite "
+                f"or another --output_dir")
     if cfg.overwrite:
         for p in out.glob("seed_*/*"):
             if p.name in ("last.pt", "best.pt", "result.json", "result.npz"):

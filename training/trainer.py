@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from datasets import MultimodalData, apply_presence, make_loader, sample_presence
-from modules.losses import kl_warmup, task_loss
+from modules.losses import distillation_loss, kl_warmup, task_loss
 from modules.registry import create_model
 from training.calibration import Calibration, fit_calibration
 from training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
@@ -141,6 +141,18 @@ class Trainer:
                     f"{self.global_step + 1} (seed {self.seed}); the last good checkpoint is "
                     f"{self.run_dir / 'last.pt'}")
 
+    def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
+        """Self-distillation term for the samples that lost a modality to train-time dropout; the
+        teacher is this model in eval mode, without gradient, on the batch before dropout."""
+        lost = (full["presence"].to(self.device) != batch["presence"]).any(dim=1)
+        if not bool(lost.any()):
+            return out["score"].new_zeros(())
+        self.model.eval()
+        with torch.no_grad():
+            teacher = self.model({k: v.to(self.device, non_blocking=True) for k, v in full.items()})
+        self.model.train()
+        return distillation_loss(out, teacher, lost)
+
     def train_epoch(self) -> dict[str, float]:
         from tqdm.auto import tqdm
 
@@ -162,11 +174,14 @@ class Trainer:
             if cfg.train_missing_schedule == "uniform":
                 p = float(self.np_rng.uniform(0.0, cfg.train_missing_rate))
             drop = torch.from_numpy(sample_presence(self.np_rng, b, p))
+            full = batch
             batch = apply_presence(batch, batch["presence"] & drop)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = model(batch)
                 terms = {**task_loss(cfg, out, batch["labels"]), **out.get("losses", {})}
+                if cfg.distill_weight > 0:
+                    terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
             terms = {k: v.float() for k, v in terms.items()}
             self._check_finite(terms)
             loss = sum(terms.values())
