@@ -62,6 +62,7 @@ def _seed_values(out: Path, split: str = "test") -> dict[str, list[float]]:
         res = json.loads(res_path.read_text())[split]
         rates, subsets = res["missing_rate"], res["subsets"]
         row = {
+            "seed": int(res_path.parent.name.removeprefix("seed_")),
             "acc2_rates": np.mean([m["acc2_non0"] for m in rates.values()]),
             "f1_rates": np.mean([m["f1_non0"] for m in rates.values()]),
             "ece_rates": np.mean([m["ece"] for m in rates.values()]),
@@ -76,18 +77,32 @@ def _seed_values(out: Path, split: str = "test") -> dict[str, list[float]]:
     return vals
 
 
+def _paired(values: dict[str, list[float]], base: dict[str, list[float]], key: str) -> tuple[float, float]:
+    """Mean and standard error of ``values[key] - base[key]`` over the seeds both have."""
+    mine, theirs = dict(zip(values["seed"], values[key])), dict(zip(base["seed"], base[key]))
+    diff = np.array([mine[s] - theirs[s] for s in mine if s in theirs])
+    if len(diff) < 2:
+        return float(diff.mean()) if len(diff) else np.nan, np.nan
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff)))
+
+
 def summarise(root: Path, names: list[str]) -> pd.DataFrame:
+    """One row per finished variant: test means and stds over seeds, the validation robustness,
+    and the seed-paired differences from ``default`` (when it is there) with their standard errors."""
+    finished = [n for n in names if (root / n / "metrics.json").exists()]
+    values = {n: (_seed_values(root / n, "test"), _seed_values(root / n, "valid")) for n in finished}
     rows = []
-    for name in names:
-        out = root / name
-        if not (out / "metrics.json").exists():
-            continue
-        test, valid = _seed_values(out, "test"), _seed_values(out, "valid")
+    for name in finished:
+        test, valid = values[name]
         row = {"variant": name, "seeds": len(test["acc2_rates"]),
                "valid_f1_rates": float(np.mean(valid["f1_rates"]))}
         for k, v in test.items():
-            row[k] = float(np.mean(v))
-            row[f"{k}_std"] = float(np.std(v))
+            if k != "seed":
+                row[k] = float(np.mean(v))
+                row[f"{k}_std"] = float(np.std(v))
+        if "default" in values:
+            row["d_valid_f1_rates"], row["d_valid_f1_rates_se"] = _paired(valid, values["default"][1], "f1_rates")
+            row["d_acc2_rates"], row["d_acc2_rates_se"] = _paired(test, values["default"][0], "acc2_rates")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -96,18 +111,23 @@ def to_markdown(df: pd.DataFrame) -> str:
     cols = [("acc2_rates", "Acc-2 rates"), ("f1_rates", "F1 rates"), ("ece_rates", "ECE rates"),
             ("acc2_subsets", "Acc-2 subsets"), ("f1_subsets", "F1 subsets"), ("acc2_p0", "Acc-2 p=0"),
             ("ece_p0.5", "ECE p=0.5")]
-    lines = ["| variant | valid F1 rates | " + " | ".join(label for _, label in cols) + " |",
-             "| --- | --- | " + " | ".join("---" for _ in cols) + " |"]
+    paired = "d_acc2_rates" in df.columns
+    labels = [label for _, label in cols] + (["Δ valid F1 rates", "Δ Acc-2 rates"] if paired else [])
+    lines = ["| variant | valid F1 rates | " + " | ".join(labels) + " |",
+             "| --- | --- | " + " | ".join("---" for _ in labels) + " |"]
     for _, r in df.iterrows():
         cells = []
         for key, _ in cols:
             scale, fmt = (1, "{:.3f}") if key.startswith("ece") else (100, "{:.1f}")
             cells.append(f"{fmt.format(scale * r[key])} ± {fmt.format(scale * r[key + '_std'])}")
+        if paired:
+            cells += [f"{100 * r[k]:+.1f} ± {100 * r[k + '_se']:.1f}" for k in ("d_valid_f1_rates", "d_acc2_rates")]
         lines.append(f"| {r['variant']} | {100 * r['valid_f1_rates']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (
         "\n\nTest split, mean ± std over seeds. 'rates': mean over the random missing rates; 'subsets':"
         " mean over T, A, V, TA, TV, AV, TAV; accuracies and F1 non-0 in %. 'valid F1 rates' is the"
-        " validation robustness (mean F1 non-0 over the rates), the number model selection can see.\n")
+        " validation robustness (mean F1 non-0 over the rates), the number model selection can see."
+        + (" Δ: difference from `default`, paired by seed, ± its standard error." if paired else "") + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
