@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
@@ -502,13 +503,12 @@ def fail_orphaned_trials(study: optuna.Study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if not _is_dead_here(t.user_attrs.get("worker", {}), me):
             continue
-        try:
+        # another worker may have finished or failed the trial since we listed it
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "its process died")
             if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 failed.append(t.number)
                 retry(study, study._storage.get_trial(t._trial_id))
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass
     return failed
 
 
@@ -546,13 +546,8 @@ def make_pruner(ns: argparse.Namespace, base: Config) -> optuna.pruners.BasePrun
 def release_memory() -> None:
     """Free what the finished trial left behind (host and CUDA memory)."""
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class Objective:
@@ -777,8 +772,6 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
         raise TuneError("the search space is empty: every parameter is fixed on the command line")
     start = search_base(base, fixed, ns.objective)
     if ns.threads:
-        import torch
-
         torch.set_num_threads(ns.threads)
     storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
     study = create_or_load_study(ns, storage, make_pruner(ns, base))

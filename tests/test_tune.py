@@ -4,6 +4,7 @@ the best trial's validation value."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -274,7 +275,5 @@ def test_two_processes_share_a_postgresql_study(tiny, tmp_path):
         assert states(study) == [TrialState.COMPLETE] * 4, [t.user_attrs.get("fail_reason") for t in study.trials]
         assert len({t.user_attrs["worker"]["pid"] for t in study.trials}) == 2
     finally:
-        try:
+        with contextlib.suppress(KeyError):  # the study was never created
             optuna.delete_study(study_name=name, storage=PG_URL)
-        except KeyError:
-            pass
