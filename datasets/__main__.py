@@ -30,6 +30,7 @@ def summary(data: MultimodalData) -> str:
         lines.append(f"      ids unique: {len(set(split.ids.tolist())) == split.n}")
     all_ids = [i for sp in data.splits.values() for i in sp.ids.tolist()]
     lines.append(f"ids unique across splits: {len(set(all_ids)) == len(all_ids)}")
+    lines += [f"note: {n}" for n in data.notes]
     return "\n".join(lines)
 
 

@@ -48,6 +48,7 @@ class MultimodalData:
     format: str  # 'mmsa' | 'mult' | 'csd' | 'synthetic'
     source: str
     splits: dict[str, Split] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what reading changed or left out (summary, run log)
 
     @property
     def dims(self) -> dict[str, int]:

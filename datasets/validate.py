@@ -1,4 +1,4 @@
-"""Shape checks, length derivation and cleaning shared by every reader.
+"""Shape checks, lengths and padding side, and cleaning shared by every reader.
 
 Readers hand raw arrays to ``build_split``; ``load_data`` then runs ``clean_nonfinite`` and
 ``check_data`` on the assembled MultimodalData, so real and synthetic data take the same path.
@@ -11,6 +11,7 @@ import logging
 import numpy as np
 
 from .errors import DataError
+from .padding import lengths_from_occupancy, move_to_start, occupancy, padding_side
 from .types import MODALITIES, SPLITS, MultimodalData, Split
 
 log = logging.getLogger(__name__)
@@ -64,26 +65,31 @@ def _text(v: object) -> str:
     return str(v)
 
 
-def derive_lengths(x: np.ndarray) -> np.ndarray:
-    """int64 (N,): 1 + index of the last time step with a non-zero feature (at least 1). x: (N, L, D)."""
-    n, seq_len = x.shape[:2]
-    out = np.empty(n, dtype=np.int64)
-    steps = np.arange(1, seq_len + 1)
-    for i in range(0, n, CHUNK):
-        nonzero = np.any(x[i:i + CHUNK] != 0, axis=2)  # (B, L)
-        out[i:i + CHUNK] = np.max(nonzero * steps, axis=1)
-    return np.maximum(out, 1)
-
-
 def as_lengths(value: object, x: np.ndarray, file: str, split: str, key: str) -> np.ndarray:
-    """int64 (N,) lengths from a list/array (clipped to [1, L]), or derived from x when value is None."""
-    if value is None:
-        return derive_lengths(x)
+    """int64 (N,) lengths from a list/array, clipped to [1, L]."""
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu" or arr.size != x.shape[0]:
         raise DataError(f"{_where(file, split, key)}: expected {x.shape[0]} integer lengths, "
                         f"got shape {arr.shape} dtype {arr.dtype}")
     return np.clip(arr.reshape(-1).astype(np.int64), 1, x.shape[1])
+
+
+def read_lengths(x: np.ndarray, value: object, mask: np.ndarray | None, file: str, split: str,
+                 key: str) -> tuple[np.ndarray, str]:
+    """True lengths int64 (N,) and the padding side ('left'/'right') of x (N, L, D).
+
+    From the file's valid-step ``mask`` (N, L) bool when given (MMSA's ``text_bert`` attention mask),
+    else its ``value`` lengths with the side read from where the non-zero steps lie, else from the
+    zero steps alone (first/last non-zero step, per the side most rows show).
+    """
+    if mask is not None:
+        return np.clip(mask.sum(1), 1, x.shape[1]).astype(np.int64), padding_side(mask)
+    occ = occupancy(x)
+    if value is None:
+        side = padding_side(occ)
+        return lengths_from_occupancy(occ, side), side
+    lens = as_lengths(value, x, file, split, key)
+    return lens, padding_side(occ, lens)
 
 
 def zero_padding(x: np.ndarray, lengths: np.ndarray) -> None:
@@ -94,24 +100,36 @@ def zero_padding(x: np.ndarray, lengths: np.ndarray) -> None:
 
 
 def build_split(file: str, split: str, feats: dict[str, object], labels: object, label_key: str,
-                ids: object = None, raw_text: object = None,
-                lengths: dict[str, object] | None = None) -> Split:
-    """Check and assemble one Split from raw reader output.
+                ids: object = None, raw_text: object = None, lengths: dict[str, object] | None = None,
+                masks: dict[str, np.ndarray] | None = None, notes: list[str] | None = None) -> Split:
+    """Check and assemble one Split from raw reader output, data moved to the start of each row.
 
-    feats: modality -> (N, L, D) array; lengths: modality -> list/array of N lengths (absent: derived
-    from the last non-zero step). Raises DataError on wrong rank or mismatched N.
+    feats: modality -> (N, L, D) array; lengths: modality -> list/array of N lengths; masks: modality ->
+    (N, L) bool valid steps (absent both: lengths derived from the zero steps). Left-padded arrays
+    (see padding.py) are moved to the start; a line saying so is appended to ``notes``. Raises
+    DataError on wrong rank or mismatched N.
     """
-    lengths = lengths or {}
+    lengths, masks = lengths or {}, masks or {}
     arrays = {m: as_features(feats[m], file, split, m) for m in MODALITIES}
     y = as_labels(labels, file, split, label_key)
     n = y.shape[0]
     for m, x in arrays.items():
         if x.shape[0] != n:
             raise DataError(f"{_where(file, split, m)}: {x.shape[0]} samples but '{label_key}' has {n}")
-    lens = np.stack([as_lengths(lengths.get(m), arrays[m], file, split, f"{m}_lengths") for m in MODALITIES],
-                    axis=1)
+    read = {m: read_lengths(arrays[m], lengths.get(m), masks.get(m), file, split, f"{m}_lengths")
+            for m in MODALITIES}
+    lens = np.stack([read[m][0] for m in MODALITIES], axis=1)
+    left = [m for m in MODALITIES if read[m][1] == "left"]
     for j, m in enumerate(MODALITIES):
+        if m in left:
+            move_to_start(arrays[m], lens[:, j])
         zero_padding(arrays[m], lens[:, j])
+    if left:
+        msg = (f"{file} [split '{split}']: {', '.join(left)} left-padded (zeros before the data, the MulT "
+               "authors' layout): read true lengths and moved each sequence to the start")
+        log.info(msg)
+        if notes is not None:
+            notes.append(msg)
     ids_arr = (as_strings(ids, n, file, split, "id") if ids is not None
                else np.array([f"{split}_{i}" for i in range(n)], dtype=str))
     text_arr = as_strings(raw_text, n, file, split, "raw_text") if raw_text is not None else np.full(n, "", dtype=str)

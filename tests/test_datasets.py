@@ -139,6 +139,92 @@ def test_csd_folder(tmp_path):
     assert data.splits["test"].ids.tolist() == ["vidD$_$1", "vidD$_$2", "vidD$_$3"]
 
 
+
+def left_padded(rng, n, seq_len, dim, lengths):
+    """The MulT authors' layout: zeros first, the sequence in the last ``lengths[i]`` steps."""
+    x = rng.standard_normal((n, seq_len, dim)).astype(np.float32)
+    for i, ln in enumerate(lengths):
+        x[i, :seq_len - ln] = 0
+    return x
+
+
+def mult_left_obj(seed=3, seq_len=50):
+    rng = np.random.default_rng(seed)
+    obj = {}
+    for s, n in SPLIT_N.items():
+        lens = rng.integers(1, seq_len, n)
+        lens[0] = 15
+        obj[s] = {m: left_padded(rng, n, seq_len, d, lens) for m, d in zip(MODALITIES, (300, 5, 20))}
+        obj[s]["labels"] = rng.uniform(-3, 3, (n, 1, 1)).astype(np.float32)
+        obj[s]["id"] = np.array([[f"v{s}{i}".encode(), b"1.5", b"3.0"] for i in range(n)])
+        obj[s]["_lens"] = lens
+    return obj
+
+
+def test_mult_left_padded(tmp_path, caplog):
+    obj = mult_left_obj()
+    with caplog.at_level(logging.INFO):
+        data = load_data(data_path=str(write(tmp_path, obj, "mosi_data.pkl")))
+    assert "left-padded" in caplog.text and any("left-padded" in n for n in data.notes)
+    for s, split in data.splits.items():
+        lens = obj[s]["_lens"]
+        assert split.lengths[0, 0] == 15  # read as 50 when the length was the last non-zero step
+        np.testing.assert_array_equal(split.lengths, np.repeat(lens[:, None], 3, axis=1))
+        for m in MODALITIES:
+            x, raw = split.features(m), obj[s][m]
+            for i, ln in enumerate(lens):  # data moved to the start, zeros after: the project's layout
+                np.testing.assert_array_equal(x[i, :ln], raw[i, 50 - ln:])
+                assert not x[i, ln:].any()
+    std = Standardizer.fit(data.splits["train"])  # statistics of real frames only, no padding frames
+    tr = obj["train"]
+    frames = np.concatenate([tr["audio"][i, 50 - ln:] for i, ln in enumerate(tr["_lens"])])
+    np.testing.assert_allclose(std.mean["audio"], frames.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std.std["audio"], frames.std(0), rtol=1e-4)
+
+
+def test_mmsa_text_bert_mask(tmp_path):
+    """MMSA aligned layout: BERT features are non-zero on padded tokens; text_bert row 1 is the mask."""
+    obj = mmsa_obj(seq=(50, 50, 50), dims=(768, 5, 20), seed=4)
+    rng = np.random.default_rng(4)
+    for s, d in obj.items():
+        n = SPLIT_N[s]
+        d["text"] = rng.standard_normal((n, 50, 768)).astype(np.float32)  # no zero steps at all
+        tlen = d["_true_lengths"][:, 0]
+        mask = (np.arange(50)[None, :] < tlen[:, None]).astype(np.float32)
+        ids = np.where(mask > 0, rng.integers(1000, 30000, (n, 50)), 0).astype(np.float32)
+        d["text_bert"] = np.stack([ids, mask, np.zeros_like(mask)], axis=1)  # (N, 3, L)
+    data = load_data(data_path=str(write(tmp_path, obj)))
+    assert any("text_bert" in n for n in data.notes)
+    for s, split in data.splits.items():
+        np.testing.assert_array_equal(split.lengths, obj[s]["_true_lengths"])
+        for i, ln in enumerate(obj[s]["_true_lengths"][:, 0]):
+            np.testing.assert_array_equal(split.text[i, :ln], obj[s]["text"][i, :ln])
+            assert not split.text[i, ln:].any()
+    for d in obj.values():  # a left-aligned mask (ones at the end) moves the text to the start
+        d["text_bert"] = d["text_bert"][:, :, ::-1].copy()
+        d["text"] = d["text"][:, ::-1].copy()
+    data = load_data(data_path=str(write(tmp_path, obj)))
+    for s, split in data.splits.items():
+        np.testing.assert_array_equal(split.lengths[:, 0], obj[s]["_true_lengths"][:, 0])
+        ln = obj[s]["_true_lengths"][0, 0]
+        np.testing.assert_array_equal(split.text[0, :ln], obj[s]["text"][0, 50 - ln:])
+
+
+def test_mmsa_left_padded_with_lengths(tmp_path):
+    """Given audio/vision lengths and zeros in front: the data is moved, the lengths kept."""
+    obj = mmsa_obj(seq=(50, 375, 500), dims=(768, 5, 20), seed=5)
+    for d in obj.values():
+        for j, m in ((1, "audio"), (2, "vision")):
+            for i, ln in enumerate(d["_true_lengths"][:, j]):
+                d[m][i] = np.roll(d[m][i], d[m].shape[1] - ln, axis=0)
+    data = load_data(data_path=str(write(tmp_path, obj)))
+    for s, split in data.splits.items():
+        np.testing.assert_array_equal(split.lengths, obj[s]["_true_lengths"])
+        ln = obj[s]["_true_lengths"][0, 1]
+        np.testing.assert_array_equal(split.audio[0, :ln], obj[s]["audio"][0, 375 - ln:])
+        assert not split.audio[0, ln:].any()
+
+
 # ---- the real shared files ------------------------------------------------------------------------
 
 
