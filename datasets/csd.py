@@ -11,7 +11,12 @@ with weights equal to each piece's overlap with the segment: real MOSI segments 
 segments also receive a sliver of a neighbour's row. Frame-level features (several rows per
 segment) stay a sequence in time order; beyond ``max_len`` rows they are pooled into ``max_len``
 consecutive groups (overlap-weighted means). Splits come from ``folds.json`` beside the files or,
-without one, from the SDK's standard CMU-MOSI / CMU-MOSEI folds.
+without one, from the SDK's standard CMU-MOSI / CMU-MOSEI folds (with a warning).
+
+Zero-length label segments (the official CMU-MOSI file has ``2WGyTLYerpo[43]`` at [127.213,
+127.213]) are skipped by the SDK's ``align``; they are kept here with the feature rows that sit at
+that instant (rows with exactly that interval, else the rows whose interval contains it). Every
+label segment that is still left out is named with the reason, in a warning and in ``data.notes``.
 """
 
 from __future__ import annotations
@@ -134,8 +139,9 @@ def map_files(folder: str, mapping: dict[str, str] | None = None) -> dict[str, s
     return found
 
 
-def read_folds(folder: str, videos: list[str]) -> dict[str, list[str]]:
-    """Video ids per split: folds.json beside the files, else the SDK's standard MOSI/MOSEI folds."""
+def read_folds(folder: str, videos: list[str], notes: list[str] | None = None) -> dict[str, list[str]]:
+    """Video ids per split: folds.json beside the files, else the SDK's standard MOSI/MOSEI folds
+    (a warning, also appended to ``notes``, says so)."""
     path = os.path.join(folder, "folds.json")
     if os.path.exists(path):
         try:
@@ -148,15 +154,20 @@ def read_folds(folder: str, videos: list[str]) -> dict[str, list[str]]:
                 raise DataError(f"{path}: missing split '{s}' (a list of video ids)")
         return {s: [str(v) for v in folds[s]] for s in SPLITS}
     md = _sdk()
-    best, best_hits = None, 0
-    for mod in (md.cmu_mosi.standard_folds, md.cmu_mosei.standard_folds):
+    best, best_hits, best_name = None, 0, ""
+    for name, mod in (("CMU-MOSI", md.cmu_mosi.standard_folds), ("CMU-MOSEI", md.cmu_mosei.standard_folds)):
         std = {"train": mod.standard_train_fold, "valid": mod.standard_valid_fold, "test": mod.standard_test_fold}
         hits = len(set(videos) & {v for f in std.values() for v in f})
         if hits > best_hits:
-            best, best_hits = std, hits
+            best, best_hits, best_name = std, hits, name
     if best is None:
         raise DataError(f"{folder}: no folds.json and the videos match neither the CMU-MOSI nor the CMU-MOSEI "
                         "standard folds")
+    msg = (f"{folder}: no folds.json; splitting by the CMU-MultimodalSDK's standard {best_name} folds "
+           f"({best_hits} of {len(videos)} videos in them); add folds.json to choose the splits")
+    log.warning(msg)
+    if notes is not None:
+        notes.append(msg)
     return {s: list(v) for s, v in best.items()}
 
 
@@ -177,6 +188,28 @@ def collapse(intervals: np.ndarray, features: np.ndarray, segment_level: bool, m
     return np.stack(rows).astype(np.float32)
 
 
+def sdk_epsilon() -> float:
+    """The SDK's alignment tolerance in seconds: shorter segments and overlaps are skipped by ``align``."""
+    from mmsdk.mmdatasdk.dataset import dataset as sdk_dataset
+
+    return float(getattr(sdk_dataset, "epsilon", 1e-3))
+
+
+def rows_at_instant(intervals: np.ndarray, features: np.ndarray, t: float,
+                    eps: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rows of a video that sit at instant ``t``, as (intervals (k, 2) all [t, t], features (k, D)).
+
+    Rows whose own interval is [t, t] when there are any, else every row whose interval contains t;
+    None when no row does.
+    """
+    hit = (intervals[:, 0] - eps <= t) & (t <= intervals[:, 1] + eps)
+    exact = hit & (np.abs(intervals[:, 1] - intervals[:, 0]) < eps)
+    sel = exact if exact.any() else hit
+    if not sel.any():
+        return None
+    return np.full((int(sel.sum()), 2), t), np.asarray(features)[sel]
+
+
 def read_csd(folder: str, name: str, mapping: dict[str, str] | None = None, max_len: int = 50) -> MultimodalData:
     """MultimodalData from a folder of .csd files aligned to its label sequence."""
     folder = os.fspath(folder)
@@ -195,6 +228,26 @@ def read_csd(folder: str, name: str, mapping: dict[str, str] | None = None, max_
     label_rows = {vid: e["intervals"].shape[0] for vid, e in seqs[LABELS].data.items()}
     segment_level = {m: all(seqs[m].data[v]["intervals"].shape[0] == label_rows[v]
                             for v in label_rows if v in seqs[m].data) for m in MODALITIES}
+    eps = sdk_epsilon()
+    label_data = {vid: (np.asarray(e["intervals"][()], dtype=np.float64), np.asarray(e["features"][()]))
+                  for vid, e in seqs[LABELS].data.items()}
+    in_file = {m: set(seqs[m].data) for m in MODALITIES}  # align removes videos some sequence lacks
+    instants = {f"{vid}[{i}]": (vid, i) for vid, (iv, _) in label_data.items()
+                for i in np.flatnonzero(np.abs(iv[:, 1] - iv[:, 0]) < eps)}
+    # key -> role -> (intervals, features) of the zero-length segments the SDK's align skips
+    extra: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    reasons: dict[str, str] = {}
+    for key, (vid, i) in instants.items():
+        iv, ft = label_data[vid]
+        t = float(iv[i, 0])
+        got = {m: rows_at_instant(np.asarray(seqs[m].data[vid]["intervals"][()], dtype=np.float64),
+                                  seqs[m].data[vid]["features"][()], t, eps)
+               for m in MODALITIES if vid in in_file[m]}
+        lacking = [m for m in MODALITIES if got.get(m) is None]
+        if lacking:
+            reasons[key] = f"zero-length interval [{t:.3f}, {t:.3f}] and no {'/'.join(lacking)} row at that instant"
+        else:
+            extra[key] = {**got, LABELS: (iv[i:i + 1], ft[i:i + 1])}
     try:
         with quiet_sdk():
             ds = md.mmdataset.__new__(md.mmdataset)  # from the sequences already opened above
@@ -205,12 +258,36 @@ def read_csd(folder: str, name: str, mapping: dict[str, str] | None = None, max_
     except Exception as err:  # SDK failures come as bare RuntimeError etc.
         raise DataError(f"{folder}: aligning to {paths[LABELS]} failed ({type(err).__name__}: {err})") from None
 
-    keys = list(ds[LABELS].keys())
-    dropped = [k for k in keys if any(k not in ds[m].data for m in MODALITIES)]
-    if dropped:
-        log.warning("%s: %d of %d label segments lack some modality after alignment and are dropped",
-                    folder, len(dropped), len(keys))
-    keys = [k for k in keys if k not in set(dropped)]
+    def piece(role: str, k: str) -> tuple[np.ndarray, np.ndarray]:
+        """(intervals, features) of segment ``k`` in sequence ``role`` after alignment."""
+        if k in extra:
+            return extra[k][role]
+        return np.asarray(ds[role].data[k]["intervals"]), np.asarray(ds[role].data[k]["features"])
+
+    keys = [k for k in ds[LABELS].keys() if all(k in ds[m].data for m in MODALITIES)] + list(extra)
+    notes: list[str] = []
+    if extra:
+        msg = (f"{folder}: kept {len(extra)} zero-length label segment(s) that the SDK's align skips, with the "
+               "feature rows at that instant: " + ", ".join(f"{k} at {extra[k][LABELS][0][0, 0]:.3f} s"
+                                                           for k in sorted(extra)[:10]))
+        log.info(msg)
+        notes.append(msg)
+    kept = set(keys)
+    for vid, (iv, _) in label_data.items():
+        for i in range(iv.shape[0]):
+            k = f"{vid}[{i}]"
+            if k in kept or k in reasons:
+                continue
+            absent = [m for m in MODALITIES if vid not in in_file[m]]
+            reasons[k] = (f"video absent from the {'/'.join(absent)} file" if absent else
+                          "no " + "/".join(m for m in MODALITIES if k not in ds[m].data)
+                          + f" feature overlaps [{iv[i, 0]:.3f}, {iv[i, 1]:.3f}]")
+    if reasons:
+        listed = sorted(reasons)
+        msg = (f"{folder}: dropped {len(reasons)} of {sum(len(iv) for iv, _ in label_data.values())} label segments: "
+               + "; ".join(f"{k} ({reasons[k]})" for k in listed[:10]) + ("; ..." if len(listed) > 10 else ""))
+        log.warning(msg)
+        notes.append(msg)
 
     def parse(k: str) -> tuple[str, int]:
         vid, idx = k.rsplit("[", 1)
@@ -220,19 +297,21 @@ def read_csd(folder: str, name: str, mapping: dict[str, str] | None = None, max_
     for k in keys:
         vid, idx = parse(k)
         by_video.setdefault(vid, []).append((idx, k))
-    folds = read_folds(folder, sorted(by_video))
+    folds = read_folds(folder, sorted(by_video), notes)
     assigned = {v for f in folds.values() for v in f}
     unassigned = sorted(set(by_video) - assigned)
     if unassigned:
-        log.warning("%s: %d videos are in no fold and are left out", folder, len(unassigned))
+        msg = (f"{folder}: {len(unassigned)} videos are in no fold and are left out: "
+               + ", ".join(unassigned[:10]) + (", ..." if len(unassigned) > 10 else ""))
+        log.warning(msg)
+        notes.append(msg)
 
     rows: dict[str, dict[str, list[np.ndarray]]] = {}
     meta: dict[str, tuple[list[float], list[str]]] = {}
     for s in SPLITS:
         split_keys = [k for v in sorted(set(folds[s]) & set(by_video)) for _, k in sorted(by_video[v])]
-        rows[s] = {m: [collapse(np.asarray(ds[m].data[k]["intervals"]), np.asarray(ds[m].data[k]["features"]),
-                                segment_level[m], max_len) for k in split_keys] for m in MODALITIES}
-        labels = [float(np.asarray(ds[LABELS].data[k]["features"]).reshape(-1)[0]) for k in split_keys]
+        rows[s] = {m: [collapse(*piece(m, k), segment_level[m], max_len) for k in split_keys] for m in MODALITIES}
+        labels = [float(piece(LABELS, k)[1].reshape(-1)[0]) for k in split_keys]
         ids = [f"{parse(k)[0]}$_${parse(k)[1] + 1}" for k in split_keys]
         meta[s] = (labels, ids)
     seq_len = {m: max((r.shape[0] for s in SPLITS for r in rows[s][m]), default=1) for m in MODALITIES}
@@ -255,4 +334,4 @@ def read_csd(folder: str, name: str, mapping: dict[str, str] | None = None, max_
     for seq in seqs.values():
         if getattr(seq, "h5handle", None) is not None:
             seq.h5handle.close()
-    return MultimodalData(name=name, format="csd", source=folder, splits=splits)
+    return MultimodalData(name=name, format="csd", source=folder, splits=splits, notes=notes)

@@ -225,6 +225,69 @@ def test_mmsa_left_padded_with_lengths(tmp_path):
         assert not split.audio[0, ln:].any()
 
 
+
+def write_csd_folder(folder, labels, per_segment=("audio", "vision"), folds=None, skip=()):
+    """A .csd folder over ``labels`` {video: (intervals, values)}: audio/vision one row per segment at its
+    interval (value = video index * 100 + segment), text as 0.25 s frames; ``skip``: (modality, video, i)."""
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    feats = {m: {} for m in MODALITIES}
+    for j, (v, (iv, _)) in enumerate(labels.items()):
+        for m, dim in zip(per_segment, (3, 2)):
+            keep = [i for i in range(len(iv)) if (m, v, i) not in skip]
+            feats[m][v] = (iv[keep], (j * 100 + np.array(keep, dtype=np.float32))[:, None].repeat(dim, 1))
+        frames = np.arange(iv[:, 0].min(), iv[:, 1].max() + 0.25, 0.25)
+        words = rng.standard_normal((len(frames), 4)).astype(np.float32)
+        feats["text"][v] = (np.stack([frames, frames + 0.25], 1), words)
+    deploy_sequence(folder / "CMU_MOSI_Opinion_Labels.csd", "Opinion Segment Labels",
+                    {v: (iv, np.asarray(y, dtype=np.float32).reshape(-1, 1)) for v, (iv, y) in labels.items()})
+    for m in MODALITIES:
+        deploy_sequence(folder / f"{m}.csd", m, feats[m])
+    if folds is not None:
+        (folder / "folds.json").write_text(json.dumps(folds))
+    return folder
+
+
+def test_csd_zero_length_segment_kept(tmp_path, caplog):
+    """A zero-length label segment keeps the rows at its instant; one that has none is named when dropped."""
+    iv = np.array([[0.0, 2.0], [2.0, 4.5], [4.5, 4.5], [4.5, 6.0], [7.0, 7.0]])
+    labels = {"vidA": (iv, np.array([1.0, -1.0, 0.2, 2.0, -2.5])),
+              "vidB": (iv[:2], np.array([0.5, 1.5])), "vidC": (iv[:2], np.array([-0.5, 2.5]))}
+    folder = write_csd_folder(tmp_path / "csd", labels, folds={"train": ["vidA"], "valid": ["vidB"], "test": ["vidC"]},
+                              skip={("vision", "vidA", 4)})  # vidA[4] at 7.0 s: no vision row there
+    with caplog.at_level(logging.INFO):
+        data = load_data(data_path=str(folder))
+    tr = data.splits["train"]
+    assert tr.ids.tolist() == ["vidA$_$1", "vidA$_$2", "vidA$_$3", "vidA$_$4"]  # the SDK's align kept 3
+    np.testing.assert_allclose(tr.labels, [1.0, -1.0, 0.2, 2.0])
+    np.testing.assert_allclose(tr.audio[2, 0], [2.0, 2.0, 2.0])  # its own row at [4.5, 4.5]
+    assert tr.lengths[2, 0] >= 1 and np.isfinite(tr.text).all()
+    assert "dropped 1 of 9 label segments: vidA[4] (zero-length interval [7.000, 7.000] and no vision row" \
+        in caplog.text
+    assert any("vidA[4]" in n for n in data.notes) and any("kept 1 zero-length" in n for n in data.notes)
+    out = subprocess.run([sys.executable, "-m", "datasets", str(folder)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "note:" in out.stdout and "vidA[4] (zero-length" in out.stdout
+
+
+def test_csd_official_labels_zero_length_and_standard_folds(tmp_path, shared_sdk_labels, caplog):
+    """The official CMU-MOSI label file: 2WGyTLYerpo[43] ([127.213, 127.213]) is kept (all 2199
+    segments); without folds.json the SDK's standard folds are used and a warning says so."""
+    labels = {v: (iv, y.reshape(-1)) for v, (iv, y) in read_sequence(shared_sdk_labels).items()}
+    folder = write_csd_folder(tmp_path / "csd", labels)
+    with caplog.at_level(logging.WARNING):
+        data = load_data("mosi", str(folder))
+    assert sum(sp.n for sp in data.splits.values()) == 2199
+    assert {s: sp.n for s, sp in data.splits.items()} == {"train": 1284, "valid": 229, "test": 686}
+    tr = data.splits["train"]
+    i = tr.ids.tolist().index("2WGyTLYerpo$_$44")
+    j = list(labels).index("2WGyTLYerpo")
+    np.testing.assert_allclose(tr.labels[i], labels["2WGyTLYerpo"][1][43], atol=1e-6)
+    np.testing.assert_allclose(tr.audio[i, 0], j * 100 + 43)  # the row at that instant, not its neighbour's
+    assert "no folds.json; splitting by the CMU-MultimodalSDK's standard CMU-MOSI folds" in caplog.text
+    assert "dropped" not in caplog.text
+
+
 # ---- the real shared files ------------------------------------------------------------------------
 
 
