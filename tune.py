@@ -43,6 +43,7 @@ import torch
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
+from datasets import rate_key
 from training.config import Config, add_config_arguments, config_to_argv
 from training.evaluate import ROBUST_RATES
 from training.run import load_and_standardize, run_experiment
@@ -242,10 +243,10 @@ def objective_value(name: str, results: dict) -> float:
     """The objective ``name`` of a ``results`` block (``metrics["results"]`` of a split)."""
     metric, rates, _ = objective_spec(name)
     per_rate = results["missing_rate"]
-    missing = [f"{p:.1f}" for p in rates if f"{p:.1f}" not in per_rate]
+    missing = [rate_key(p) for p in rates if rate_key(p) not in per_rate]
     if missing:
         raise KeyError(f"results lack missing rates {', '.join(missing)} needed by objective {name}")
-    return float(sum(per_rate[f"{p:.1f}"][metric] for p in rates) / len(rates))
+    return float(sum(per_rate[rate_key(p)][metric] for p in rates) / len(rates))
 
 
 def objective_rates(objectives: list[str]) -> set[float]:

@@ -24,6 +24,13 @@ SUBSETS: dict[str, tuple[bool, bool, bool]] = {
 }
 
 
+def rate_key(p: float) -> str:
+    """The text key of a missing rate in every output (metrics.json, results.csv, tables, report,
+    TensorBoard tags): ``repr(float(p))``, the shortest decimal that reads back as the same float,
+    never rounded, so close rates stay apart. 0.0 -> '0.0', 0.3 -> '0.3', 0.01 -> '0.01'."""
+    return repr(float(p))
+
+
 def sample_presence(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
     """(n, 3) bool: each modality missing with probability p; an all-missing row keeps one at random."""
     present = rng.random((n, 3)) >= p

@@ -11,7 +11,9 @@ F1 (non-0). Because it is linear in the per-rate means, it equals the mean of th
 its seed std cannot be recovered from metrics.json (per-rate stds only) and is not reported.
 
 Runs whose rates (or subsets) differ are compared on the common ones only, with a warning naming
-what was left out; no common rate at all is an error.
+what was left out; no common rate at all is an error. Runs that used different data (another data
+file or generated set, another test sample count, other test ids) are compared with a warning
+naming the difference.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Run:
     model: str
     results: dict  # section -> key -> metric -> mean
     std: dict  # section -> key -> metric -> std
+    data: dict  # what identifies the data: {"data": source, "test n": int, "test ids": digest}; None = unknown
 
 
 def _section(obj: dict, name: str, where: str, required: bool) -> dict:
@@ -87,7 +90,32 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
     cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
     seeds = m.get("seeds") or cfg.get("seeds") or []
     label = name or (path.parent.name if path.is_file() else path.resolve().name)
-    return Run(label, path, list(seeds), str(cfg.get("model", "?")), results, std)
+    return Run(label, path, list(seeds), str(cfg.get("model", "?")), results, std, data_identity(m))
+
+
+def data_identity(m: dict) -> dict:
+    """The data a metrics.json was measured on: source (data path, or the generated set and its seed),
+    test sample count and test ids digest; None where the file does not say (older runs)."""
+    cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
+    block = m.get("data") if isinstance(m.get("data"), dict) else {}
+    source = cfg.get("data_path") or block.get("source")
+    if source is None and cfg.get("dataset"):
+        source = f"{cfg['dataset']} (generated, seed {cfg.get('synthetic_seed', 0)})"
+    first = next(iter(m["results"]["missing_rate"].values()), {})
+    n = block.get("n", first.get("n") if isinstance(first, dict) else None)
+    return {"data": source, "test n": n, "test ids": block.get("ids_sha256")}
+
+
+def check_same_data(runs: list[Run]) -> None:
+    """Warn (one line) when the runs' data differ in source, test sample count or test ids."""
+    diffs = []
+    for field in ("data", "test n", "test ids"):
+        known = [(r.name, r.data.get(field)) for r in runs if r.data.get(field) is not None]
+        if len({v for _, v in known}) > 1:
+            diffs.append(f"{field}: " + ", ".join(f"{name} {v}" for name, v in known))
+    if diffs:
+        warnings.warn(f"the runs used different data ({'; '.join(diffs)}); their numbers are not measured on the "
+                      "same samples", stacklevel=2)
 
 
 def common_keys(runs: list[Run]) -> tuple[list[str], list[str]]:
@@ -208,6 +236,7 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
         if seen[r.name] > 1:
             r.name = f"{r.name}_{seen[r.name]}"
     rates, subsets = common_keys(runs)
+    check_same_data(runs)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     df = comparison_frame(runs, rates, subsets)
@@ -220,7 +249,7 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
         "auilc_definition": AUILC_NOTE,
         "rates": [float(k) for k in rates],
         "subsets": subsets,
-        "runs": [{"name": r.name, "path": str(r.path), "model": r.model, "seeds": r.seeds,
+        "runs": [{"name": r.name, "path": str(r.path), "model": r.model, "seeds": r.seeds, "data": r.data,
                   "auilc": {m: float(au[(au["run"] == r.name) & (au["metric"] == m)]["mean"].iloc[0])
                             for m in METRICS}} for r in runs],
         "best": {},

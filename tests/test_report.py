@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,9 @@ from report.__main__ import main as report_main
 from tests.conftest import ROOT
 from tests.helpers import tiny_args, tiny_pickle
 from training.cli import main as train_main
-from training.metrics import METRIC_NAMES
+from training.config import Config
+from training.metrics import METRIC_NAMES, sentiment_metrics
+from training.report import format_table
 
 RATES = ["0.0", "0.1", "0.3", "0.5"]
 SUBSETS = ["T", "A", "V", "TA", "TV", "AV", "TAV"]
@@ -123,3 +127,81 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert "--names" in capsys.readouterr().err
     r = run_cli(str(tmp_path / "ok"), str(tmp_path / "empty"), "--output", str(tmp_path / "o"))
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
+
+
+# ---- exact rate keys, Acc-5, sample counts and ids, data warnings (issue 12, items 4 and 17) --------
+
+CLOSE_RATES = ["0.0", "0.01", "0.25", "0.3", "0.35"]
+
+
+@pytest.fixture(scope="module")
+def close_rates_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("close")
+    data = tiny_pickle(root / "tiny.pkl")
+    out = root / "run"
+    assert train_main(tiny_args(data, out, "--model", "lf_dnn", "--eval_missing_rates", *CLOSE_RATES,
+                                "--eval_frame_missing_rates", "0.0", "0.01", "0.25")) == 0
+    return out
+
+
+def test_close_rates_keep_their_own_keys_everywhere(close_rates_run, tmp_path):
+    m = json.loads((close_rates_run / "metrics.json").read_text())
+    assert list(m["results"]["missing_rate"]) == CLOSE_RATES  # were 0.0, 0.0, 0.2, 0.3, 0.3 -> 3 keys
+    assert list(m["std"]["missing_rate"]) == CLOSE_RATES
+    assert list(m["results"]["frame_missing_rate"]) == ["0.0", "0.01", "0.25"]
+    z = np.load(close_rates_run / "predictions.npz")
+    y = z["labels"].astype(np.float64)
+    for i, key in enumerate(CLOSE_RATES):  # each key holds the metrics of its own rate's predictions
+        assert z["rates"][i] == pytest.approx(float(key))
+        want = sentiment_metrics(z["preds"][0, i], y, z["probs"][0, i])
+        assert m["results"]["missing_rate"][key]["acc2_non0"] == pytest.approx(want["acc2_non0"], abs=1e-6)
+    df = pd.read_csv(close_rates_run / "results.csv", dtype={"key": str})
+    assert df[df.section == "missing_rate"]["key"].tolist() == CLOSE_RATES
+    table = format_table(m["results"], m["std"], 1)
+    for key in CLOSE_RATES:
+        assert any(line.split()[:1] == [key] for line in table.splitlines()), key
+    res = compare([close_rates_run, close_rates_run], tmp_path / "cmp")
+    assert all(f"p={k}" in res["table"] for k in CLOSE_RATES)
+
+
+def test_duplicate_rates_are_refused():
+    for field in ("eval_missing_rates", "eval_frame_missing_rates"):
+        with pytest.raises(ValueError, match=f"{field} lists a rate twice"):
+            Config(**{field: [0.0, 0.3, 0.3]}).validate()
+
+
+def test_acc5_counts_and_ids(close_rates_run, tmp_path):
+    m = json.loads((close_rates_run / "metrics.json").read_text())
+    z = np.load(close_rates_run / "predictions.npz")
+    with open(close_rates_run.parent / "tiny.pkl", "rb") as fh:
+        test = pickle.load(fh)["test"]
+    assert z["ids"].tolist() == [str(i) for i in test["id"]]
+    y = z["labels"].astype(np.float64)
+    n, n_non0 = len(y), int((y != 0).sum())
+    for section in ("missing_rate", "frame_missing_rate", "subsets"):
+        for key, row in m["results"][section].items():
+            assert (row["n"], row["n_non0"]) == (n, n_non0), (section, key)
+    pred = z["preds"][0, 1].astype(np.float64)  # MMSA's Mult_acc_5: clip to [-2, 2], round, compare
+    acc5 = np.mean(np.round(np.clip(pred, -2, 2)) == np.round(np.clip(y, -2, 2)))
+    assert m["results"]["missing_rate"]["0.01"]["acc5"] == pytest.approx(acc5, abs=1e-9)
+    df = pd.read_csv(close_rates_run / "results.csv", dtype={"key": str})
+    assert (df["n"] == n).all() and (df["n_non0"] == n_non0).all() and "acc5" in df and "acc5_std" in df
+    assert m["data"]["n"] == n and m["data"]["ids_sha256"] and m["data"]["source"].endswith("tiny.pkl")
+    assert sentiment_metrics(np.array([2.4, -0.6, 1.4]), np.array([3.0, -1.0, 1.0]))["acc5"] == pytest.approx(1.0)
+
+
+def test_report_warns_when_runs_used_different_data(tmp_path, close_rates_run):
+    for seed, (name, path, n) in enumerate([("a", "mosi.pkl", 686), ("b", "mosi.pkl", 686), ("c", "other.pkl", 425)]):
+        m = fake_metrics(tmp_path / name, seed)
+        m["config"]["data_path"] = path
+        m["data"] = {"n": n, "ids_sha256": f"{n:016x}"}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compare([tmp_path / "a", tmp_path / "b"], tmp_path / "o1")  # same data: no warning
+    with pytest.warns(UserWarning, match="different data") as caught:
+        compare([tmp_path / "a", tmp_path / "c"], tmp_path / "o2")
+    msg = str([w for w in caught if "different data" in str(w.message)][0].message)
+    assert "a mosi.pkl, c other.pkl" in msg and "test n: a 686, c 425" in msg
+    r = run_cli(str(tmp_path / "a"), str(close_rates_run), "--output", str(tmp_path / "o3"))
+    assert r.returncode == 0 and "warning: the runs used different data" in r.stderr

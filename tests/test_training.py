@@ -50,8 +50,8 @@ def test_artefacts_follow_the_documented_schema(finished_run):
     assert list(m["results"]["subsets"]) == ["T", "A", "V", "TA", "TV", "AV", "TAV"]
     for section in SECTIONS:
         for key, vals in m["results"][section].items():
-            assert set(vals) == METRICS, (section, key)
-            assert set(m["std"][section][key]) == METRICS
+            assert METRICS <= set(vals), (section, key)  # rows may carry more (acc5, n): INTERFACES.md
+            assert METRICS <= set(m["std"][section][key])
             for name in ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "ece"):
                 assert 0.0 <= vals[name] <= 1.0
     assert set(m["results"]["mean_over_rates"]) == {"missing_rate", "frame_missing_rate"}

@@ -155,6 +155,10 @@ class Config:
             (all(0.0 <= p < 1.0 for p in self.eval_frame_missing_rates),
              "eval_frame_missing_rates must lie in [0, 1)"),
             (len(self.eval_missing_rates) > 0, "give at least one eval missing rate"),
+            (len(set(self.eval_missing_rates)) == len(self.eval_missing_rates),
+             "eval_missing_rates lists a rate twice; give each rate once"),
+            (len(set(self.eval_frame_missing_rates)) == len(self.eval_frame_missing_rates),
+             "eval_frame_missing_rates lists a rate twice; give each rate once"),
             (not self.eval_only or self.checkpoint, "--eval_only needs --checkpoint PATH"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
         ]

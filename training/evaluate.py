@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import SUBSETS, Split, frame_missing, make_loader, modality_masks, subset_masks
+from datasets import SUBSETS, Split, frame_missing, make_loader, modality_masks, rate_key, subset_masks
 from training.metrics import mean_std, sentiment_metrics
 
 ROBUST_RATES = (0.0, 0.3, 0.5, 0.7)
@@ -133,7 +133,7 @@ def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rat
     for p in rates:
         masks = modality_masks(split.n, p)
         preds, probs, m, fused = run(masks, states)
-        out["missing_rate"][f"{p:.1f}"] = m
+        out["missing_rate"][rate_key(p)] = m
         preds_r.append(preds)
         probs_r.append(probs)
         masks_r.append(masks)
@@ -147,7 +147,7 @@ def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rat
     full = np.ones((split.n, 3), dtype=bool)
     for r in frame_rates:
         st = states if r == 0 else encode_split(model, frame_missing(split, r), batch_size, device, autocast)
-        out["frame_missing_rate"][f"{r:.1f}"] = run(full, st)[2]
+        out["frame_missing_rate"][rate_key(r)] = run(full, st)[2]
     out["arrays"] = {
         "preds": np.stack(preds_r).astype(np.float32),
         "probs": np.stack(probs_r).astype(np.float32),

@@ -2,7 +2,9 @@
 
 has-0: ``pred >= 0`` vs ``label >= 0`` over every sample.
 non-0: only samples with ``label != 0``; ``pred > 0`` vs ``label > 0``.
-F1 is weighted F1. Acc-7 compares values rounded after clipping to [-3, 3].
+F1 is weighted F1. Acc-7 compares values rounded after clipping to [-3, 3]; Acc-5 (MMSA's
+``Mult_acc_5``) after clipping to [-2, 2]. Every result also carries its sample counts ``n`` and
+``n_non0`` (ints, ``COUNT_NAMES``).
 ECE is the top-label expected calibration error (10 equal-width bins) of P(positive) on the
 binary non-0 task.
 """
@@ -12,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
 
-METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece")
+METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece", "acc5")
+COUNT_NAMES = ("n", "n_non0")  # samples a result was computed on (all, label != 0); no spread over seeds
 
 
 def positive_probability(probs: np.ndarray) -> np.ndarray:
@@ -48,7 +51,7 @@ def ece_score(p_pos: np.ndarray, positive: np.ndarray, n_bins: int = 10) -> floa
 
 
 def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray | None = None) -> dict:
-    """Every metric of ``METRIC_NAMES`` for scores ``preds (N,)`` against ``labels (N,)``.
+    """Every metric of ``METRIC_NAMES`` and the counts ``COUNT_NAMES`` for ``preds (N,)`` against ``labels (N,)``.
 
     ``probs (N, C)`` are the classification head's probabilities for ECE (0.0 when absent).
     """
@@ -69,12 +72,14 @@ def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray |
         "corr": float(np.corrcoef(preds, labels)[0, 1]) if preds.std() > 0 and labels.std() > 0 else 0.0,
         "acc7": accuracy_score(np.round(np.clip(labels, -3, 3)), np.round(np.clip(preds, -3, 3))),
         "ece": ece_score(positive_probability(probs)[non0], labels[non0] > 0) if probs is not None else 0.0,
+        "acc5": accuracy_score(np.round(np.clip(labels, -2, 2)), np.round(np.clip(preds, -2, 2))),
     }
-    return {k: float(v) for k, v in out.items()}
+    return {**{k: float(v) for k, v in out.items()}, "n": int(len(labels)), "n_non0": int(non0.sum())}
 
 
 def mean_std(per_seed: list[dict]) -> tuple[dict, dict]:
-    """Mean and (population) std over seeds of metric dicts with the same keys."""
+    """Mean and (population) std over seeds of metric dicts with the same keys; counts stay ints, no std."""
     keys = per_seed[0].keys()
     arr = {k: np.array([m[k] for m in per_seed], dtype=np.float64) for k in keys}
-    return ({k: float(v.mean()) for k, v in arr.items()}, {k: float(v.std()) for k, v in arr.items()})
+    mean = {k: int(round(v.mean())) if k in COUNT_NAMES else float(v.mean()) for k, v in arr.items()}
+    return mean, {k: float(v.std()) for k, v in arr.items() if k not in COUNT_NAMES}

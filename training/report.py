@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -10,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from datasets import SUBSETS
-from training.metrics import METRIC_NAMES, positive_probability
+from datasets import SUBSETS, rate_key
+from training.metrics import COUNT_NAMES, METRIC_NAMES, positive_probability
 
-TABLE_METRICS = ("acc2_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece")
+TABLE_METRICS = ("acc2_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc5", "acc7", "ece")
 
 
 def write_json_atomic(obj: dict, path: Path) -> None:
@@ -24,11 +25,11 @@ def write_json_atomic(obj: dict, path: Path) -> None:
 
 
 def results_frame(results: dict, std: dict) -> pd.DataFrame:
-    """One row per (section, key): every metric's mean and std over seeds."""
+    """One row per (section, key): its sample counts, every metric's mean and std over seeds."""
     rows = []
     for section in ("missing_rate", "frame_missing_rate", "subsets"):
         for key, mean in results.get(section, {}).items():
-            row = {"section": section, "key": key}
+            row = {"section": section, "key": key, **{c: mean.get(c) for c in COUNT_NAMES}}
             for m in METRIC_NAMES:
                 row[m] = mean[m]
                 row[f"{m}_std"] = std[section][key][m]
@@ -53,7 +54,9 @@ def format_table(results: dict, std: dict, n_seeds: int) -> str:
         rows = [[key, *[cell(section, key, m) for m in TABLE_METRICS]] for key in results[section]]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-        lines += [f"{title} (test; mean ± std over {n_seeds} seed(s); accuracies in %)",
+        counts = sorted({(v.get("n"), v.get("n_non0")) for v in results[section].values() if "n" in v})
+        n = "".join(f", n = {a} (non-0 {b})" for a, b in counts)
+        lines += [f"{title} (test{n}; mean ± std over {n_seeds} seed(s); accuracies in %)",
                   fmt.format(*header), *[fmt.format(*r) for r in rows], ""]
     mean = results.get("mean_over_rates", {}).get("missing_rate")
     if mean:
@@ -62,9 +65,10 @@ def format_table(results: dict, std: dict, n_seeds: int) -> str:
     return "\n".join(lines)
 
 
-def save_predictions(path: Path, labels: np.ndarray, rates: list[float], per_seed: list[dict]) -> None:
+def save_predictions(path: Path, labels: np.ndarray, rates: list[float], per_seed: list[dict],
+                     ids: np.ndarray | None = None) -> None:
     arrays = [r["arrays"] for r in per_seed]
-    extra = {}
+    extra = {} if ids is None else {"ids": np.asarray(ids, dtype=str)}
     if all("fusion_weights" in a for a in arrays):
         extra["fusion_weights"] = np.stack([a["fusion_weights"] for a in arrays])
     tmp = path.with_name(path.stem + ".tmp.npz")
@@ -137,7 +141,7 @@ def plot_calibration(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0.5
         ax.bar(centres, accs, width=0.08, alpha=0.7, label="accuracy per bin")
         p_pos = np.where(correct, conf, 1 - conf)  # any P(pos) with the same conf/correct gives the same ECE
         ece = ece_score(p_pos, np.ones_like(correct))
-        ax.set_title(f"p = {p:.1f}: ECE {ece:.3f} (seeds pooled)")
+        ax.set_title(f"p = {rate_key(p)}: ECE {ece:.3f} (seeds pooled)")
         ax.set_xlim(0.45, 1.0)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence")
@@ -170,8 +174,8 @@ def plot_risk_coverage(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0
         if i is None:
             continue
         cov, acc = risk_coverage(*_binary_conf(npz["probs"][:, i], npz["labels"]))
-        ax.plot(cov, 100 * acc, label=f"p = {p:.1f}")
-        summary[f"{p:.1f}"] = {f"acc_at_{c}": float(acc[max(0, int(np.ceil(c * len(acc))) - 1)])
+        ax.plot(cov, 100 * acc, label=f"p = {rate_key(p)}")
+        summary[rate_key(p)] = {f"acc_at_{c}": float(acc[max(0, int(np.ceil(c * len(acc))) - 1)])
                               for c in (0.5, 0.8, 1.0)}
     ax.set_xlabel("coverage (fraction of predictions kept, most confident first)")
     ax.set_ylabel("Acc-2 non-0 (%)")
@@ -183,11 +187,31 @@ def plot_risk_coverage(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0
     return summary
 
 
+def ids_digest(ids: np.ndarray) -> str:
+    """A short SHA-256 of the sample ids in order: equal digests, same samples in the same order."""
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()[:16]
+
+
+def data_block(data, split: str = "test") -> dict:
+    """What ``metrics.json`` records of the data a run used: source, format, the split's counts and
+    ids digest, and the reader's notes (padding moved, segments dropped, folds used)."""
+    sp = data.splits[split]
+    return {"source": data.source, "format": data.format, "split": split, "n": sp.n,
+            "n_non0": int((sp.labels != 0).sum()), "ids_sha256": ids_digest(sp.ids), "notes": list(data.notes)}
+
+
 def write_report(out_dir: Path, metrics: dict, per_seed: list[dict], labels: np.ndarray,
-                 rates: list[float]) -> str:
-    """Write every artefact into ``out_dir`` and return the printed table."""
+                 rates: list[float], data=None) -> str:
+    """Write every artefact into ``out_dir`` and return the printed table.
+
+    ``data`` (the MultimodalData) adds the test ``ids`` to predictions.npz and a ``data`` block to
+    metrics.json (see ``data_block``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_predictions(out_dir / "predictions.npz", labels, rates, per_seed)
+    ids = None
+    if data is not None:
+        ids = data.splits["test"].ids
+        metrics["data"] = data_block(data)
+    save_predictions(out_dir / "predictions.npz", labels, rates, per_seed, ids)
     with np.load(out_dir / "predictions.npz") as z:
         npz = {k: z[k] for k in z.files}
     plot_missing_rates(metrics["results"], metrics["std"], out_dir / "missing_rates.png")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets import MultimodalData, Standardizer, load_data
+from datasets import MultimodalData, Standardizer, load_data, rate_key
 from training.config import Config, save_config
 from training.evaluate import aggregate, evaluate_split
 from training.report import write_json_atomic, write_report
@@ -169,15 +169,15 @@ def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
         test = metrics["test"]
         test["validation"] = metrics["valid"]["results"] if "valid" in metrics else {}
         test["table"] = write_report(out, test, [r["test"] for r in per_seed],
-                                     data.splits["test"].labels, cfg.eval_missing_rates)
+                                     data.splits["test"].labels, cfg.eval_missing_rates, data=data)
     return metrics
 
 
 def _log_hparams(writer, cfg: Config, result: dict) -> None:
     hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
     test = result["test"]
-    final = {f"hparam/test_{k}": v["acc2_non0"] for k, v in
-             (("p0.0", test["missing_rate"].get("0.0")), ("p0.5", test["missing_rate"].get("0.5"))) if v}
+    final = {f"hparam/test_p{rate_key(p)}": v["acc2_non0"] for p in (0.0, 0.5)
+             if (v := test["missing_rate"].get(rate_key(p)))}
     final["hparam/best_val"] = result["best_value"]
     writer.add_hparams(hp, final, run_name=".")
 
@@ -208,5 +208,5 @@ def evaluate_checkpoints(cfg: Config) -> dict:
     metrics["seeds"] = seeds
     metrics["checkpoints"] = [str(f) for f in files]
     metrics["table"] = write_report(out, metrics, [r["test"] for r in per_seed], data.splits["test"].labels,
-                                    cfg.eval_missing_rates)
+                                    cfg.eval_missing_rates, data=data)
     return {"test": metrics}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import MultimodalData, apply_presence, make_loader, sample_presence
+from datasets import MultimodalData, apply_presence, make_loader, rate_key, sample_presence
 from modules.losses import distillation_loss, kl_warmup, task_loss
 from modules.registry import create_model
 from training.calibration import Calibration, fit_calibration
@@ -240,7 +240,7 @@ class Trainer:
             stats.update({f"val/{cfg.select_metric}": value})
             for p, m in per_rate.items():
                 for k in ("acc2_non0", "f1_non0", "mae", "ece"):
-                    stats[f"val_p{p:.1f}/{k}"] = m[k]
+                    stats[f"val_p{rate_key(p)}/{k}"] = m[k]
             self.history.append({"epoch": self.epoch, **stats})
             self._log(stats)
             self.save_last()
