@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -18,13 +19,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
+from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import TrialState
 
 import tune
 from tests.conftest import ROOT
 from tests.helpers import tiny_args, tiny_pickle
 from training.config import Config
-from training.trainer import NonFiniteLossError
+from training.evaluate import evaluate_split
+from training.run import load_and_standardize
+from training.trainer import NonFiniteLossError, load_for_eval
 
 PG_URL = os.environ.get("ATTENTION_ROBUST_PG_URL")
 
@@ -64,8 +69,8 @@ def test_explicit_flags_are_fixed_and_leave_the_space():
     assert base.lr == 1e-3 and not base.use_contrastive and base.output_dir == str(Path("runs") / "tune_s")
     space = tune.build_space(ns, base, fixed)
     assert "lr" not in space and "contrastive_weight" not in space and "contrastive_temperature" not in space
-    assert all(h % 3 == 0 for h in space["hidden_dim"]["choices"])
-    assert space["kl_weight"]["log"] and space["fusion_temperature"]["log"] and not space["dropout"].get("log")
+    assert all(h % 3 == 0 for h in space["hidden_dim"].choices)
+    assert space["kl_weight"].log and space["fusion_temperature"].log and not space["dropout"].log
     assert set(space) <= set(tune.searchable_fields())
     start = tune.search_base(base, fixed, ["mae"])
     assert start.select_metric == "mae" and {0.0, 0.3, 0.5, 0.7} <= set(start.eval_missing_rates)
@@ -82,16 +87,22 @@ def test_search_space_file_is_checked(tmp_path):
     ns.search_space = str(good)
     space = tune.build_space(ns, base, fixed)
     assert set(space) == {"lr", "encoder", "kl_warmup_epochs"}  # hidden_dim is fixed on the command line
-    assert space["encoder"]["type"] == "categorical" and space["kl_warmup_epochs"]["type"] == "int"
+    assert isinstance(space["encoder"], CategoricalDistribution) and isinstance(space["kl_warmup_epochs"],
+                                                                                IntDistribution)
     bad = {"unknown.yaml": ("hiden_dim: [16]\n", "valid Config fields: "),
            "range.yaml": ("dropout: {type: float, low: 0.0, high: 1.5}\n", "dropout must lie in [0, 1)"),
            "type.json": ('{"encoder": {"type": "float", "low": 0, "high": 1}}', "use type categorical"),
            "broken.yaml": ("lr: {type: float, low: [\n", "not valid YAML/JSON"),
-           "data.yaml": ("data_path: [a, b]\n", "cannot be searched")}
+           "data.yaml": ("data_path: [a, b]\n", "cannot be searched"),
+           # checked by Optuna's distribution constructors, reported in one line
+           "order.yaml": ("lr: {low: 0.01, high: 0.001}\n", "lr (float): `low <= high` must hold"),
+           "log.yaml": ("dropout: {low: 0.0, high: 0.4, log: true}\n", "dropout (float): `low > 0` must hold"),
+           "key.yaml": ("lr: {low: 0.001, hihg: 0.01}\n", "lr (float): "),
+           "choice.yaml": ("hidden_dim: [32, '64']\n", "hidden_dim choice '64' is not a valid int")}
     for name, (text, message) in bad.items():
         (tmp_path / name).write_text(text)
         ns.search_space = str(tmp_path / name)
-        with pytest.raises(tune.TuneError, match=message.replace("[", r"\[").replace(")", r"\)")):
+        with pytest.raises(tune.TuneError, match=re.escape(message)):
             tune.build_space(ns, base, fixed)
     ns.search_space = str(tmp_path / "missing.yaml")
     with pytest.raises(tune.TuneError, match="cannot read search space file"):
@@ -200,7 +211,47 @@ def test_multi_objective_reports_the_pareto_front(tiny, tmp_path, fake_training)
     assert all(p["command"].startswith("bash train_v4.sh ") for p in best["pareto_front"])
 
 
+def test_rerun_with_the_same_sampler_seed_proposes_new_parameters(tiny, tmp_path, fake_training):
+    (tmp_path / "space.yaml").write_text("lr: {low: 1.0e-4, high: 1.0e-2, log: true}\ndropout: {low: 0.0, high: 0.5}\n")
+
+    def two_trials(out: Path) -> list[dict]:
+        argv = tiny_args(tiny, out, "--n_trials", "2", "--sampler_seed", "3", "--search_space",
+                         str(tmp_path / "space.yaml"), "--pruner", "none", "--skip_final_eval")
+        assert tune.main(argv) == 0
+        return [t.params for t in load(f"sqlite:///{out.resolve() / 'study.db'}", "attention_robust_v4_tiny").trials]
+
+    first = two_trials(tmp_path / "out")
+    both = two_trials(tmp_path / "out")  # the same command again: 2 more trials in the same study
+    assert both[:2] == first and len(both) == 4
+    assert not any(p in first for p in both[2:]), "the rerun re-proposed the first run's parameters"
+    assert two_trials(tmp_path / "other") == first  # a new study with the same seed: the same proposals
+
+
 # ---- real training -----------------------------------------------------------------------------------
+def test_trials_and_the_validation_block_are_scored_without_the_calibration_fitted_on_valid(tiny, tmp_path):
+    """The objective and metrics.json's validation block: the uncalibrated model on valid, recomputed
+    here from the saved checkpoint; the calibration stored beside it would change them."""
+    out = tmp_path / "out"
+    (tmp_path / "space.yaml").write_text("dropout: [0.1]\n")
+    argv = tiny_args(tiny, out, "--n_trials", "1", "--objective", "ece", "--search_space",
+                     str(tmp_path / "space.yaml"), "--eval_missing_rates", "0.0", "0.3", "0.5", "0.7")
+    assert tune.main(argv) == 0
+    trial = load(f"sqlite:///{out.resolve() / 'study.db'}", "attention_robust_v4_tiny").trials[0]
+    validation = json.loads((out / "best" / "metrics.json").read_text())["validation"]
+    cpu = torch.device("cpu")
+    for run_dir, scored in ((out / "trials" / "trial_0", {"ece": trial.value,
+                                                          "f1_robust": trial.user_attrs["valid_f1_robust"]}),
+                            (out / "best", {o: tune.objective_value(o, validation) for o in ("ece", "f1_robust")})):
+        model, cfg, stats, cal, _ = load_for_eval(run_dir / "seed_7" / "best.pt", cpu)
+        valid = load_and_standardize(cfg, stats)[0].splits["valid"]
+        plain, calibrated = (evaluate_split(model, valid, cfg.eval_missing_rates, [], cfg.batch_size, cpu, cfg.task,
+                                            cfg.num_classes, c) for c in (None, cal))
+        # the calibration fitted on valid does change the score
+        assert abs(tune.objective_value("ece", calibrated) - tune.objective_value("ece", plain)) > 1e-4
+        for name, value in scored.items():
+            assert value == pytest.approx(tune.objective_value(name, plain), abs=1e-9)
+
+
 def test_rerun_adds_trials_and_best_command_reproduces_the_value(tiny, tmp_path):
     out = tmp_path / "out"
     argv = tiny_args(tiny, out, "--study_name", "resume", "--sampler_seed", "0")
@@ -231,7 +282,9 @@ def test_rerun_adds_trials_and_best_command_reproduces_the_value(tiny, tmp_path)
 def test_sigkill_mid_trial_then_rerun_resumes(tiny, tmp_path):
     out = tmp_path / "out"
     url = f"sqlite:///{out.resolve() / 'study.db'}"
-    argv = tiny_args(tiny, out, "--study_name", "killed", "--skip_final_eval", "--pruner", "none")
+    # heartbeats every second, stale after 2 s without one (the defaults are 10 s and 20 s)
+    argv = tiny_args(tiny, out, "--study_name", "killed", "--skip_final_eval", "--pruner", "none",
+                     "--heartbeat_interval", "1", "--grace_period", "2")
     proc = start_tune(*argv, "--epochs", "400", "--patience", "0", "--n_trials", "3")
     last = out / "trials" / "trial_0" / "seed_7" / "last.pt"
     deadline = time.time() + 120
@@ -241,6 +294,7 @@ def test_sigkill_mid_trial_then_rerun_resumes(tiny, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert states(load(url, "killed")) == [TrialState.RUNNING]
+    time.sleep(3)  # past the grace period: the next process fails the trial at its first trial start
     r = tune_cli(*argv, "--n_trials", "1")
     assert r.returncode == 0, r.stderr
     trials = load(url, "killed").get_trials()

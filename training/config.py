@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.evaluate import OBJECTIVES
+
 DEFAULT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 
 
@@ -86,7 +88,7 @@ class Config:
     patience: int = _f(8, "early stopping patience in epochs (0 disables)")
     select_metric: str = _f("f1_robust", "validation metric for best-epoch selection and early stopping: "
                             "f1_robust = mean F1 non-0 over missing rates 0, .3, .5, .7",
-                            ["f1_robust", "f1_full", "acc2_robust", "mae"])
+                            list(OBJECTIVES))
     train_missing_rate: float = _f(0.7, "train-time modality dropout rate (0 disables)")
     train_missing_schedule: str = _f("uniform", "'uniform': each batch draws p ~ U(0, rate); "
                                      "'fixed': every batch uses the rate", ["uniform", "fixed"])

@@ -16,6 +16,15 @@ from datasets import SUBSETS, Split, frame_missing, make_loader, modality_masks,
 from training.metrics import mean_std, sentiment_metrics
 
 ROBUST_RATES = (0.0, 0.3, 0.5, 0.7)
+# The one table of objectives, read by --select_metric and tune.py --objective:
+# name -> (metric of training.metrics.METRIC_NAMES, missing rates it is averaged over).
+OBJECTIVES: dict[str, tuple[str, tuple[float, ...]]] = {
+    "f1_robust": ("f1_non0", ROBUST_RATES), "f1_full": ("f1_non0", (0.0,)),
+    "acc2_robust": ("acc2_non0", ROBUST_RATES), "acc2_full": ("acc2_non0", (0.0,)),
+    "mae": ("mae", ROBUST_RATES), "ece": ("ece", ROBUST_RATES),
+    "corr": ("corr", ROBUST_RATES), "acc7": ("acc7", ROBUST_RATES),
+}
+LOWER_IS_BETTER = frozenset({"mae", "ece"})  # metrics an objective minimises
 
 
 @dataclass
@@ -87,23 +96,19 @@ def predictions(fused: Fused, task: str, num_classes: int, presence: np.ndarray 
 
 def validation_score(model: nn.Module, split: Split, metric: str, batch_size: int,
                      device: torch.device, task: str, num_classes: int) -> tuple[float, dict]:
-    """The selection metric on valid (higher is better; MAE is negated) and the metrics per rate."""
+    """The objective ``metric`` (a name of ``OBJECTIVES``) on valid, higher is better (MAE and ECE
+    negated), and the metrics per rate."""
+    if metric not in OBJECTIVES:
+        raise ValueError(f"unknown selection metric {metric!r}; use one of {', '.join(OBJECTIVES)}")
+    name, rates = OBJECTIVES[metric]
     states = encode_split(model, split, batch_size, device)
     per_rate = {}
-    rates = (0.0,) if metric == "f1_full" else ROBUST_RATES
     for p in rates:
         fused = fuse_split(model, states, modality_masks(split.n, p), device)
         preds, probs = predictions(fused, task, num_classes)
         per_rate[p] = sentiment_metrics(preds, split.labels, probs)
-    if metric in ("f1_robust", "f1_full"):
-        value = float(np.mean([m["f1_non0"] for m in per_rate.values()]))
-    elif metric == "acc2_robust":
-        value = float(np.mean([m["acc2_non0"] for m in per_rate.values()]))
-    elif metric == "mae":
-        value = -float(np.mean([m["mae"] for m in per_rate.values()]))
-    else:
-        raise ValueError(f"unknown selection metric {metric!r}")
-    return value, per_rate
+    value = float(np.mean([m[name] for m in per_rate.values()]))
+    return (-value if name in LOWER_IS_BETTER else value), per_rate
 
 
 def presence_patterns(presence: np.ndarray) -> np.ndarray:

@@ -276,11 +276,12 @@ class Trainer:
             cal = fit_calibration(self.model, self.data.splits["valid"], cfg.num_classes, cfg.batch_size,
                                   self.device, temperature=cfg.calibrate, score=cfg.calibrate_score)
         self.save_best(cal)
-        # valid: the random-missing sweep and subsets (for tuning and best.json); test: everything
+        # valid: the random-missing sweep and subsets (for tuning and best.json), uncalibrated (the
+        # calibration was fitted on valid, so calibrated scores there would be inflated); test: everything
         result: dict = {name: evaluate_split(self.model, self.data.splits[name], cfg.eval_missing_rates,
                                              cfg.eval_frame_missing_rates if name == "test" else [],
-                                             cfg.batch_size, self.device, cfg.task, cfg.num_classes, cal,
-                                             self.autocast)
+                                             cfg.batch_size, self.device, cfg.task, cfg.num_classes,
+                                             cal if name == "test" else None, self.autocast)
                         for name in splits}
         result.update(best_epoch=self.best_epoch, best_value=self.best_value,
                       calibration=None if cal is None else {k: v.tolist() for k, v in cal.state_dict().items()})
