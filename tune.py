@@ -91,8 +91,8 @@ FEATURE_PARAMS = {
     "use_vae": ("vae_weight", "kl_weight"),
 }
 DISTRIBUTIONS = {"categorical": CategoricalDistribution, "int": IntDistribution, "float": FloatDistribution}
-# what a running trial records as the reason it failed, until it ends: if its process dies, the
-# heartbeat stops, another worker fails the trial and this is the reason it keeps
+# the fail_reason a running trial carries until it ends: if its process dies, its heartbeat stops,
+# another worker fails the trial, and this is the reason the failed trial keeps
 DIED = "its process died"
 _UNSET = object()  # marks a config flag that was not given on the command line
 
@@ -420,6 +420,7 @@ class Objective:
         """Run one trial; prunable from the first seed's per-epoch validation value."""
         trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
         trial.set_user_attr("fail_reason", DIED)
+        reason = None
         try:
             params = {name: suggest(trial, name, dist) for name, dist in self.space.items()}
             cfg = trial_config(self.start, params, self.out, trial.number)
@@ -442,15 +443,14 @@ class Objective:
             if not all(math.isfinite(v) for v in values):
                 raise ValueError(f"objective values {values} are not finite")
         except optuna.TrialPruned:
-            trial.set_user_attr("fail_reason", None)
             raise
         except BaseException as err:  # KeyboardInterrupt too: Optuna fails the trial and re-raises
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}"[:500])
+            reason = f"{type(err).__name__}: {err}"[:500]
             raise
         finally:
+            trial.set_user_attr("fail_reason", reason)  # None: the trial did not fail
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        trial.set_user_attr("fail_reason", None)
         return values[0] if len(values) == 1 else values
 
 
