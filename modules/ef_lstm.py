@@ -31,9 +31,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modules.base import MultimodalModel
 from modules.pooling import length_mask
 from modules.presence import MODALITIES, check_presence
-from modules.registry import register_model
 
 
 def resample_to(x: torch.Tensor, lengths: torch.Tensor, target_lengths: torch.Tensor, steps: int) -> torch.Tensor:
@@ -77,8 +77,7 @@ def align_to_text(batch: dict) -> dict[str, torch.Tensor]:
     return out
 
 
-@register_model("ef_lstm")
-class EFLSTM(nn.Module):
+class EFLSTM(MultimodalModel):
     """Early-fusion LSTM; see the module docstring for shapes, masking and unaligned data."""
 
     def __init__(self, cfg, dims: dict[str, int]):
@@ -88,8 +87,7 @@ class EFLSTM(nn.Module):
         self.norm = nn.BatchNorm1d(in_dim)
         self.lstm = nn.LSTM(in_dim, h, num_layers=2, dropout=cfg.dropout, batch_first=True)
         self.post = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.ReLU(), nn.Dropout(cfg.dropout))
-        self.score_head = nn.Linear(h, 1)
-        self.cls_head = nn.Linear(h, cfg.num_classes)
+        self.add_heads(h, cfg.num_classes)
 
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
         return align_to_text(batch)
@@ -108,8 +106,4 @@ class EFLSTM(nn.Module):
         # A unidirectional LSTM's output at a row's last valid step is its state after exactly the valid
         # steps (what packing gives), and the padded run is ~1.6x faster than a packed one on CPU.
         h = self.post(out[torch.arange(len(lengths), device=out.device), lengths - 1])
-        return {"score": 3.0 * torch.tanh(self.score_head(h).squeeze(-1)), "logits": self.cls_head(h),
-                "losses": {}, "diagnostics": {}}
-
-    def forward(self, batch: dict, presence: torch.Tensor | None = None) -> dict:
-        return self.fuse(self.encode(batch), batch["presence"] if presence is None else presence)
+        return self.predict(h)

@@ -1,9 +1,14 @@
-"""Prediction head: one shared trunk, a bounded sentiment score and class logits."""
+"""Prediction heads: the bounded sentiment score, and a trunk with a score and a class head."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+
+def bounded_score(x: Tensor) -> Tensor:
+    """A score head's output ``(B, 1)`` -> the sentiment ``3 * tanh(x)`` ``(B,)`` in [-3, 3]."""
+    return 3.0 * torch.tanh(x.squeeze(-1))
 
 
 class SentimentHead(nn.Module):
@@ -20,4 +25,4 @@ class SentimentHead(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.trunk(x)
-        return 3.0 * torch.tanh(self.score(h).squeeze(-1)), self.classifier(h)
+        return bounded_score(self.score(h)), self.classifier(h)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modules.base import MultimodalModel
 from modules.pooling import length_mask, masked_mean
 from modules.presence import MODALITIES, check_presence
-from modules.registry import register_model
 
 
 class SubNet(nn.Module):
@@ -29,8 +29,7 @@ class SubNet(nn.Module):
         return self.net(x)
 
 
-@register_model("lf_dnn")
-class LFDNN(nn.Module):
+class LFDNN(MultimodalModel):
     """Late-fusion DNN.
 
     ``encode(batch)`` pools each modality by its true length: ``{m}_pooled (B, D_m)``.
@@ -45,8 +44,7 @@ class LFDNN(nn.Module):
         self.subnets = nn.ModuleDict({m: SubNet(dims[m], h, cfg.dropout) for m in MODALITIES})
         self.post = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(3 * h, h), nn.ReLU(),
                                   nn.Linear(h, h), nn.ReLU())
-        self.score_head = nn.Linear(h, 1)
-        self.cls_head = nn.Linear(h, cfg.num_classes)
+        self.add_heads(h, cfg.num_classes)
 
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
         return {f"{m}_pooled": masked_mean(batch[m], length_mask(batch["lengths"][:, i], batch[m].shape[1]))
@@ -57,9 +55,5 @@ class LFDNN(nn.Module):
         hs = [self.subnets[m](states[f"{m}_pooled"] * presence[:, i:i + 1].to(states[f"{m}_pooled"].dtype))
               for i, m in enumerate(MODALITIES)]
         h = self.post(torch.cat(hs, dim=-1))
-        return {"score": 3.0 * torch.tanh(self.score_head(h).squeeze(-1)), "logits": self.cls_head(h),
-                "losses": {}, "diagnostics": {}}
-
-    def forward(self, batch: dict, presence: torch.Tensor | None = None) -> dict:
-        return self.fuse(self.encode(batch), batch["presence"] if presence is None else presence)
+        return self.predict(h)
 

@@ -23,10 +23,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from modules.base import MultimodalModel
 from modules.lf_dnn import SubNet
 from modules.pooling import length_mask, masked_mean
 from modules.presence import check_presence
-from modules.registry import register_model
 
 
 class TextSubNet(nn.Module):
@@ -46,8 +46,7 @@ class TextSubNet(nn.Module):
         return self.proj(self.dropout(last))
 
 
-@register_model("tfn")
-class TFN(nn.Module):
+class TFN(MultimodalModel):
     """Tensor Fusion Network; see the module docstring for shapes and masking."""
 
     def __init__(self, cfg, dims: dict[str, int]):
@@ -59,8 +58,7 @@ class TFN(nn.Module):
         self.vision_subnet = SubNet(dims["vision"], self.d_v, cfg.dropout)
         fused = (self.d_t + 1) * (self.d_a + 1) * (self.d_v + 1)
         self.post = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(fused, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU())
-        self.score_head = nn.Linear(h, 1)
-        self.cls_head = nn.Linear(h, cfg.num_classes)
+        self.add_heads(h, cfg.num_classes)
 
     def encode(self, batch: dict) -> dict[str, torch.Tensor]:
         lengths = batch["lengths"]
@@ -79,8 +77,4 @@ class TFN(nn.Module):
         h_a, h_v, h_t = (torch.cat([one, v], dim=1) for v in (h_a, h_v, h_t))
         fusion = torch.einsum("ba,bv,bt->bavt", h_a, h_v, h_t).flatten(1)
         h = self.post(fusion)
-        return {"score": 3.0 * torch.tanh(self.score_head(h).squeeze(-1)), "logits": self.cls_head(h),
-                "losses": {}, "diagnostics": {}}
-
-    def forward(self, batch: dict, presence: torch.Tensor | None = None) -> dict:
-        return self.fuse(self.encode(batch), batch["presence"] if presence is None else presence)
+        return self.predict(h)

@@ -1,4 +1,5 @@
-"""Small generated data sets written in the exact MMSA pickle layout, for end-to-end tests."""
+"""Test data: one batch factory for model tests, and tiny generated data sets written in the
+exact MMSA pickle layout for end-to-end tests."""
 
 from __future__ import annotations
 
@@ -6,8 +7,40 @@ import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from datasets import make_synthetic
+from modules.presence import MODALITIES
+
+DIMS = {"text": 12, "audio": 5, "vision": 7}
+
+
+def make_batch(B: int = 6, lengths: tuple[int, int, int] = (8, 8, 8), dims: dict[str, int] | None = None,
+               seed: int = 0, aligned: bool = False, presence: bool = True) -> dict[str, torch.Tensor]:
+    """A model batch: ``text/audio/vision (B, L_m, D_m)`` zero past each row's true length,
+    ``lengths (B, 3)`` (drawn in [1, L_m]; row 0 has the full lengths), ``labels (B,)`` in [-3, 3]
+    and, with ``presence``, ``presence (B, 3)`` all True. ``aligned``: one length per row for all
+    three modalities (needs equal ``lengths``), as in word-aligned data."""
+    dims = DIMS if dims is None else dims
+    if aligned and len(set(lengths)) != 1:
+        raise ValueError(f"aligned=True needs equal lengths, got {lengths}")
+    g = torch.Generator().manual_seed(seed)
+    batch: dict[str, torch.Tensor] = {}
+    true_lengths = []
+    for m, L in zip(MODALITIES, lengths):
+        n = torch.randint(1, L + 1, (B,), generator=g)
+        n[0] = L
+        if aligned and true_lengths:
+            n = true_lengths[0]
+        x = torch.randn(B, L, dims[m], generator=g)
+        x[torch.arange(L)[None, :] >= n[:, None]] = 0.0
+        batch[m] = x
+        true_lengths.append(n)
+    batch["lengths"] = torch.stack(true_lengths, dim=1)
+    batch["labels"] = torch.rand(B, generator=g) * 6 - 3
+    if presence:
+        batch["presence"] = torch.ones(B, 3, dtype=torch.bool)
+    return batch
 
 
 def mmsa_dict(data) -> dict:

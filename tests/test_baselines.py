@@ -10,6 +10,7 @@ from datasets import SUBSETS, make_loader, make_synthetic
 from modules.ef_lstm import align_to_text, resample_to
 from modules.losses import task_loss
 from modules.registry import available_models, create_model
+from tests.helpers import make_batch
 from training.config import Config
 from training.evaluate import encode_split, fuse_split
 from training.metrics import sentiment_metrics
@@ -21,20 +22,6 @@ DIMS = {"text": 12, "audio": 5, "vision": 8}
 def make(name: str, hidden: int = 16, dropout: float = 0.1) -> torch.nn.Module:
     torch.manual_seed(0)
     return create_model(name, Config(model=name, hidden_dim=hidden, dropout=dropout), DIMS)
-
-
-def batch(b: int = 6, lens: tuple[int, int, int] = (7, 7, 7), seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    out = {m: torch.randn(b, n, DIMS[m], generator=g) for m, n in zip(DIMS, lens)}
-    lengths = torch.stack([torch.randint(1, n + 1, (b,), generator=g) for n in lens], dim=1)
-    if len(set(lens)) == 1:
-        lengths[:] = lengths[:, :1]  # aligned: one length per row
-    lengths[0] = torch.tensor(lens)  # one full-length row
-    for i, m in enumerate(DIMS):
-        steps = torch.arange(lens[i])[None, :, None]
-        out[m] = out[m] * (steps < lengths[:, i, None, None])
-    out["lengths"] = lengths
-    return out
 
 
 def test_baselines_are_registered():
@@ -69,7 +56,7 @@ def test_baseline_learns_known_signal(name):
 @pytest.mark.parametrize("lens", [(7, 7, 7), (1, 1, 1)], ids=["aligned", "length1"])
 def test_masked_modality_cannot_change_output(name, lens):
     model = make(name).eval()
-    clean = batch(lens=lens)
+    clean = make_batch(6, lens, DIMS, aligned=len(set(lens)) == 1, presence=False)
     for subset, pattern in SUBSETS.items():
         presence = torch.tensor(pattern).repeat(6, 1)
         garbage = dict(clean)
@@ -90,7 +77,7 @@ def test_masked_modality_cannot_change_output(name, lens):
 @pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
 def test_output_shapes(name, lens, train):
     model = make(name).train(train)
-    b = batch(lens=lens)
+    b = make_batch(6, lens, DIMS, aligned=len(set(lens)) == 1, presence=False)
     presence = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=torch.bool)
     out = model.fuse(model.encode(b), presence)
     assert out["score"].shape == (6,) and out["logits"].shape == (6, 2)
@@ -103,7 +90,7 @@ def test_output_shapes(name, lens, train):
 @pytest.mark.parametrize("name", BASELINES)
 def test_all_missing_sample_raises(name):
     model = make(name).eval()
-    b = batch()
+    b = make_batch(6, (7, 7, 7), DIMS, aligned=True, presence=False)
     presence = torch.ones(6, 3, dtype=torch.bool)
     presence[2] = False
     with pytest.raises(ValueError, match="no modality"):
@@ -113,21 +100,21 @@ def test_all_missing_sample_raises(name):
 @pytest.mark.parametrize("name", BASELINES)
 def test_encode_does_not_read_presence(name):
     model = make(name).eval()
-    b = batch()
+    b = make_batch(6, (7, 7, 7), DIMS, aligned=True, presence=False)
     assert "presence" not in b
     states = model.encode(b)
     assert all(v.shape[0] == 6 for v in states.values())
 
 
 def test_ef_lstm_alignment():
-    b = batch(lens=(7, 7, 7))
+    b = make_batch(6, (7, 7, 7), DIMS, aligned=True, presence=False)
     aligned = align_to_text(b)
     assert aligned["audio"] is b["audio"] and aligned["vision"] is b["vision"]
     # 6 frames onto 3 steps: pairs averaged; 2 frames onto 4 steps: each repeated; padding stays 0
     x = torch.arange(6, dtype=torch.float32).view(1, 6, 1)
     assert resample_to(x, torch.tensor([6]), torch.tensor([3]), 4).flatten().tolist() == [0.5, 2.5, 4.5, 0.0]
     assert resample_to(x, torch.tensor([2]), torch.tensor([4]), 4).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
-    u = batch(lens=(7, 20, 15))
+    u = make_batch(6, (7, 20, 15), DIMS, presence=False)
     states = align_to_text(u)
     assert states["audio"].shape == (6, 7, DIMS["audio"]) and states["vision"].shape == (6, 7, DIMS["vision"])
     assert torch.equal(states["lengths"], u["lengths"][:, 0])

@@ -10,9 +10,10 @@ import torch
 from attention_robust_v4 import MODALITIES, AttentionRobustV4
 from modules.losses import task_loss
 from modules.registry import create_model
+from tests.helpers import DIMS, make_batch
 from training.config import Config
+from training.trainer import loss_terms
 
-DIMS = {"text": 12, "audio": 5, "vision": 7}
 PATTERNS = [p for p in itertools.product([False, True], repeat=3) if any(p)]
 SWITCHES = ["variational", "use_gated_fusion", "use_proxy_attention", "use_aecf", "use_vae", "use_contrastive"]
 
@@ -26,24 +27,6 @@ def make_cfg(**kw) -> Config:
     cfg = Config(**base)
     cfg.validate()
     return cfg
-
-
-def make_batch(B: int = 6, lengths: tuple[int, int, int] = (8, 8, 8), dims: dict[str, int] = DIMS,
-               seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    batch: dict[str, torch.Tensor] = {}
-    true_lengths = []
-    for m, L in zip(MODALITIES, lengths):
-        n = torch.randint(1, L + 1, (B,), generator=g)
-        n[0] = L
-        x = torch.randn(B, L, dims[m], generator=g)
-        x[torch.arange(L)[None, :] >= n[:, None]] = 0.0
-        batch[m] = x
-        true_lengths.append(n)
-    batch["lengths"] = torch.stack(true_lengths, dim=1)
-    batch["labels"] = torch.rand(B, generator=g) * 6 - 3
-    batch["presence"] = torch.ones(B, 3, dtype=torch.bool)
-    return batch
 
 
 @pytest.mark.parametrize("encoder", ["mlp", "lstm"])
@@ -155,7 +138,7 @@ def test_gradients_reach_every_parameter(encoder: str) -> None:
     model = AttentionRobustV4(make_cfg(encoder=encoder), DIMS).train()
     batch = make_batch(8)
     out = model(batch)
-    loss = sum(task_loss(model.cfg, out, batch["labels"]).values()) + sum(out["losses"].values())
+    loss = sum(loss_terms(model.cfg, out, batch["labels"]).values())
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None, name
@@ -173,7 +156,7 @@ def test_every_component_can_be_switched_off(off: str) -> None:
     batch = make_batch()
     batch["presence"][1, :2] = False
     out = model(batch)
-    loss = sum(task_loss(model.cfg, out, batch["labels"]).values()) + sum(out["losses"].values())
+    loss = sum(loss_terms(model.cfg, out, batch["labels"]).values())
     loss.backward()
     assert torch.isfinite(loss)
     expected = {"recon", "kl", "contrastive", "aecf_entropy"}
@@ -188,14 +171,25 @@ def test_every_component_can_be_switched_off(off: str) -> None:
     assert torch.isfinite(model(batch)["score"]).all()
 
 
-def test_kl_scale_multiplies_kl() -> None:
-    model = AttentionRobustV4(make_cfg(dropout=0.0), DIMS).train()
+def test_model_returns_unweighted_terms_and_the_trainer_weights_them() -> None:
     batch = make_batch()
-    torch.manual_seed(1)
-    full = model(batch)["losses"]["kl"]
-    model.kl_scale = 0.25
-    torch.manual_seed(1)
-    torch.testing.assert_close(model(batch)["losses"]["kl"], 0.25 * full)
+    outs = []
+    for weights in ({}, {"vae_weight": 0.5, "kl_weight": 0.2, "contrastive_weight": 3.0, "entropy_weight": 0.7}):
+        torch.manual_seed(0)
+        model = AttentionRobustV4(make_cfg(dropout=0.0, **weights), DIMS).train()
+        torch.manual_seed(1)
+        outs.append((model.cfg, model(batch)))
+    (_, plain), (cfg, out) = outs
+    for name in ("recon", "kl", "contrastive", "aecf_entropy"):  # a weight never reaches the model
+        assert torch.equal(plain["losses"][name], out["losses"][name]), name
+    terms = loss_terms(cfg, out, batch["labels"], kl_scale=0.25)
+    torch.testing.assert_close(terms["kl"], 0.2 * 0.25 * out["losses"]["kl"])
+    torch.testing.assert_close(terms["recon"], 0.5 * out["losses"]["recon"])
+    torch.testing.assert_close(terms["contrastive"], 3.0 * out["losses"]["contrastive"])
+    torch.testing.assert_close(terms["aecf_entropy"], 0.7 * out["losses"]["aecf_entropy"])
+    assert set(terms) == {"reg", "cls", "recon", "kl", "contrastive", "aecf_entropy"}
+    with pytest.raises(KeyError, match="no weight"):
+        loss_terms(cfg, {**out, "losses": {"unknown": out["losses"]["kl"]}}, batch["labels"])
 
 
 def test_eval_is_deterministic_and_training_masks() -> None:
@@ -222,7 +216,7 @@ def test_overfits_small_data_set() -> None:
     for step in range(400):
         model.train()
         out = model(batch)
-        loss = sum(task_loss(cfg, out, batch["labels"]).values()) + sum(out["losses"].values())
+        loss = sum(loss_terms(cfg, out, batch["labels"]).values())
         opt.zero_grad()
         loss.backward()
         opt.step()

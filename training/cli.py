@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from training.config import config_from_args
+from training.config import config_from_args, new_run_dir
 
 EXIT_ERROR = 1
 
@@ -53,7 +53,9 @@ def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
 
 
 def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") -> int:
-    cfg = config_from_args(argv, prog=prog)  # argparse prints usage + error and exits 2 itself
+    cfg = config_from_args(argv, prog=prog)  # argparse prints the error line and exits 2 itself
+    if cfg.output_dir is None:  # every run its own folder: runs/<model>_<data>_<time>, linked as runs/latest
+        cfg.output_dir = new_run_dir(cfg)
     setup_logging(cfg.quiet)
 
     def run() -> dict:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from datasets import MultimodalData, Standardizer, load_data, rate_key
-from training.config import Config, save_config
+from training.config import RESUMABLE_CHANGES, Config, save_config
 from training.evaluate import aggregate, evaluate_split
 from training.report import write_json_atomic, write_report
 from training.trainer import Trainer, load_for_eval, resolve_device
@@ -46,10 +46,6 @@ def load_and_standardize(cfg: Config, stats: dict | None = None) -> tuple[Multim
     std = Standardizer.fit(data.splits["train"])
     std.apply(data)
     return data, {k: torch.as_tensor(np.asarray(v)) for k, v in std.state_dict().items()}
-
-
-# Settings a resumed run may change: how it runs and reports, not what it trains or measures.
-RESUMABLE_CHANGES = {"resume", "overwrite", "quiet", "tensorboard", "device", "amp", "seeds", "output_dir"}
 
 
 def resume_conflicts(saved: dict, cfg: Config) -> list[str]:

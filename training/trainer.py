@@ -31,6 +31,24 @@ log = logging.getLogger(__name__)
 EpochCallback = Callable[[int, float], None]
 
 
+# An auxiliary term a model returns (unweighted, see modules/base.py) -> the Config field weighting it.
+AUX_WEIGHTS = {"recon": "vae_weight", "kl": "kl_weight", "contrastive": "contrastive_weight",
+               "aecf_entropy": "entropy_weight"}
+
+
+def loss_terms(cfg: Config, out: dict, labels: torch.Tensor, kl_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """The weighted terms whose sum is the training loss: the task terms (``task_loss``), then each
+    auxiliary term of ``out["losses"]`` times its weight (``AUX_WEIGHTS``); ``kl`` also times
+    ``kl_scale``, the KL warm-up factor of the epoch (``kl_warmup``)."""
+    terms = task_loss(cfg, out, labels)
+    for name, value in out.get("losses", {}).items():
+        if name not in AUX_WEIGHTS:
+            raise KeyError(f"the model returned the loss term {name!r}, which has no weight in AUX_WEIGHTS")
+        weight = getattr(cfg, AUX_WEIGHTS[name])
+        terms[name] = (weight * kl_scale if name == "kl" else weight) * value
+    return terms
+
+
 class NonFiniteLossError(RuntimeError):
     """A loss term became NaN or Inf; the message names the term, the epoch and the step."""
 
@@ -158,8 +176,7 @@ class Trainer:
 
         cfg, model = self.cfg, self.model
         model.train()
-        if hasattr(model, "kl_scale"):
-            model.kl_scale = kl_warmup(self.epoch, cfg.kl_warmup_epochs)
+        kl_scale = kl_warmup(self.epoch, cfg.kl_warmup_epochs)
         train = self.data.splits["train"]
         loader = make_loader(train, cfg.batch_size, shuffle=True, generator=self.loader_gen,
                              drop_last=train.n % cfg.batch_size == 1)  # never a batch of one
@@ -179,7 +196,7 @@ class Trainer:
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = model(batch)
-                terms = {**task_loss(cfg, out, batch["labels"]), **out.get("losses", {})}
+                terms = loss_terms(cfg, out, batch["labels"], kl_scale)
                 if cfg.distill_weight > 0:
                     terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
             terms = {k: v.float() for k, v in terms.items()}
@@ -207,7 +224,7 @@ class Trainer:
                 else:
                     diag_sums[k] = diag_sums.get(k, 0.0) + float(v.mean())
             if self.progress:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         stats = {f"loss/{k}": v / max(1, n_batches) for k, v in sums.items()}
         stats.update({f"diag/{k}": v / max(1, n_batches) for k, v in diag_sums.items()})
         stats["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -1,0 +1,57 @@
+"""The protocol every ``--model`` follows: encode once without presence, fuse under any mask.
+
+``MultimodalModel`` is built as ``cls(cfg, dims)`` with ``dims`` the feature size of each modality
+(``{"text": Dt, "audio": Da, "vision": Dv}``) and has two stages:
+
+``encode(batch) -> states``
+    ``batch`` holds ``text (B, Lt, Dt)``, ``audio (B, La, Da)``, ``vision (B, Lv, Dv)`` and
+    ``lengths (B, 3)`` (true lengths, T/A/V order). ``encode`` must not read presence, so that a
+    test set can be encoded once and fused under many masks. ``states`` is a dict of tensors
+    whose first dimension is B (so the evaluator can slice and concatenate it).
+``fuse(states, presence) -> out``
+    ``presence (B, 3)`` bool, True = present, T/A/V order; every row has at least one True
+    (a row without raises ``ValueError``). ``out`` holds ``score (B,)`` (sentiment in [-3, 3]),
+    ``logits (B, C)`` (classification head), ``losses`` (dict name -> scalar tensor, UNWEIGHTED
+    auxiliary terms, training mode only; the trainer weights and schedules them, see
+    ``training.trainer.AUX_WEIGHTS``) and ``diagnostics`` (dict name -> tensor, logged to
+    TensorBoard after a mean). A missing modality must never change an output.
+
+``forward(batch, presence=None)`` is ``fuse(encode(batch), presence or batch["presence"])``.
+The trainer, evaluation and report never branch on which model runs.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from torch import Tensor, nn
+
+from modules.heads import bounded_score
+
+
+class MultimodalModel(nn.Module, abc.ABC):
+    """Base of every registered model: ``forward = fuse(encode(batch), presence)`` and the plain
+    score/class heads the baselines share (``add_heads`` + ``predict``)."""
+
+    @abc.abstractmethod
+    def encode(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-sample states (first dim B) from the features and lengths; never reads presence."""
+
+    @abc.abstractmethod
+    def fuse(self, states: dict[str, Tensor], presence: Tensor) -> dict[str, Any]:
+        """``score``, ``logits``, ``losses`` (unweighted) and ``diagnostics`` under ``presence (B, 3)``."""
+
+    def forward(self, batch: dict[str, Tensor], presence: Tensor | None = None) -> dict[str, Any]:
+        return self.fuse(self.encode(batch), batch["presence"] if presence is None else presence)
+
+    def add_heads(self, width: int, num_classes: int) -> None:
+        """A linear score head ``score_head (width -> 1)`` and class head ``cls_head (width -> C)``."""
+        self.score_head = nn.Linear(width, 1)
+        self.cls_head = nn.Linear(width, num_classes)
+
+    def predict(self, h: Tensor) -> dict[str, Any]:
+        """``h (B, width)`` -> the ``fuse`` output of a model without auxiliary terms: ``score (B,)``
+        in [-3, 3], ``logits (B, C)``, empty ``losses`` and ``diagnostics``."""
+        return {"score": bounded_score(self.score_head(h)), "logits": self.cls_head(h),
+                "losses": {}, "diagnostics": {}}
