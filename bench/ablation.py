@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.config import Config
+from training.config import ArgumentParser, Config, HelpFormatter, add_config_arguments, fields_in
+
+# the training flags the study takes (every variant starts from them)
+CONFIG_FLAGS = (*fields_in("data", "model", "loss", "train", "eval"), "output_dir")
 
 VARIANTS: dict[str, dict] = {
     "default": {},
@@ -130,20 +133,33 @@ def to_markdown(df: pd.DataFrame) -> str:
         + (" Δ: difference from `default`, paired by seed, ± its standard error." if paired else "") + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--output_dir", default="runs/ablation")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1111, 1112, 1113])
-    parser.add_argument("--epochs", type=int, default=Config.epochs)
+def build_parser() -> argparse.ArgumentParser:
+    """Every training flag (the base config of all variants; a variant's own settings win), the
+    output folder, the variants and the workers."""
+
+    class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
+        pass
+
+    parser = ArgumentParser(prog="python -m bench.ablation", description=__doc__, formatter_class=Formatter,
+                            usage="%(prog)s [--variants NAME ...] [--workers N] [training flags]")
+    add_config_arguments(parser, CONFIG_FLAGS)
+    parser.set_defaults(output_dir="runs/ablation", eval_frame_missing_rates=[0.0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    base = {n: getattr(args, n) for n in CONFIG_FLAGS if n != "output_dir"}
+    base.update(quiet=True, tensorboard=False, resume=True, output_dir=args.output_dir)
+    try:
+        Config(**base).validate()
+    except ValueError as err:
+        parser.error(str(err))
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
-    base = {"dataset": args.dataset, "data_path": args.data_path, "seeds": args.seeds, "epochs": args.epochs,
-            "quiet": True, "tensorboard": False, "eval_frame_missing_rates": [0.0], "resume": True}
     names = {f.name for f in dataclasses.fields(Config)}
     jobs = []
     for name in args.variants:

@@ -12,7 +12,7 @@ class ModalityDecoder(nn.Module):
 
     forward(z: dict name -> (B, H)) -> dict name -> (B, D_m) for every name given. Which
     reconstructions count (only the present modalities) is decided by the loss
-    (:func:`modules.losses.vae_loss`), not here.
+    (:func:`modules.losses.reconstruction_loss`), not here.
     """
 
     def __init__(self, hidden_dim: int, dims: dict[str, int]):

@@ -162,15 +162,6 @@ def masked_pair_mean(values: Tensor, presence: Tensor) -> Tensor:
     return values.sum() / presence.sum().clamp_min(1)
 
 
-def vae_loss(recon: list[Tensor], target: list[Tensor], mu: Tensor, logvar: Tensor, presence: Tensor,
-             recon_weight: float = 1.0, kl_weight: float = 1.0) -> dict[str, Tensor]:
-    """``{"recon": recon_weight * reconstruction_loss, "kl": kl_weight * kl_loss}``, present only."""
-    return {
-        "recon": recon_weight * reconstruction_loss(recon, target, presence),
-        "kl": kl_weight * kl_loss(mu, logvar, presence),
-    }
-
-
 # ---- contrastive ---------------------------------------------------------------------------
 
 

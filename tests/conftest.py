@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # on sys.path through pytest's pythonpath setting (pyproject.toml)
 
 SHARED_DATA = Path(os.environ.get("ATTENTION_ROBUST_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SHARED_PKL = SHARED_DATA / "mosi_bclstm_dev.pkl"

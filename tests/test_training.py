@@ -274,7 +274,7 @@ def test_config_argv_round_trip_keeps_switches_explicit():
     assert config_from_args(argv) == cfg
     # every model switch is spelt out, so the command means the same after a default flips
     for name in ("--use_aecf", "--no_use_vae", "--use_gated_fusion", "--calibrate", "--unimodal_weight",
-                 "--distill_weight"):
+                 "--distill_weight", "--standardize"):  # standardize shapes the training data: a switch
         assert name in argv
 
 
@@ -311,10 +311,35 @@ def test_train_v4_sh_maps_variables_to_flags_the_cli_accepts():
                        text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     argv = r.stdout.split()
-    assert argv[0] == "attention_robust_v4.py"
+    assert argv[0] == str(ROOT / "attention_robust_v4.py")  # by absolute path: no cd into the repo
+    assert "--output_dir" not in argv  # the CLI gives the run its own folder
     cfg = config_from_args(argv[1:])
     assert (cfg.use_aecf, cfg.use_vae, cfg.unimodal_weight, cfg.distill_weight) == (True, False, 0.0, 0.5)
     assert (cfg.seeds, cfg.quiet, cfg.gate_alpha, cfg.epochs) == ([1, 2], True, 0.7, 3)
     r = subprocess.run(["bash", str(ROOT / "train_v4.sh")], env={**env, "USE_AECF": "maybe"}, capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 2 and r.stderr.strip() == "train_v4.sh: use_aecf must be 1 or 0, got 'maybe'"
+
+
+def test_a_run_without_output_dir_gets_its_own_folder_and_the_bar_warns_nothing(tiny, tmp_path, monkeypatch):
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in tiny_args(tiny, tmp_path, "--epochs", "1") if a not in ("--output_dir", str(tmp_path))]
+    argv.remove("--quiet")  # the progress bar on
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+        assert main(argv) == 0  # the same command again: a second folder, not "already holds a run"
+    assert not [w for w in caught if "requires_grad" in str(w.message)]
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if p.name != "latest")
+    assert len(runs) == 2 and all((p / "metrics.json").exists() for p in runs)
+    assert all(p.name.startswith("attention_robust_v4_tiny_") for p in runs)
+    assert (tmp_path / "runs" / "latest").resolve() == runs[-1].resolve()
+
+
+def test_the_trainer_owns_the_kl_warm_up(finished_run):
+    from training.checkpoint import load_checkpoint
+
+    history = load_checkpoint(finished_run / "seed_7" / "last.pt")["history"]
+    assert history[0]["loss/kl"] == 0 < history[1]["loss/kl"]  # epoch 1 of 5 warm-up epochs: scale 0

@@ -237,20 +237,22 @@ class Config:
                 raise ValueError(msg)
 
 
-def _metadata(name: str) -> Any:
-    return _FIELDS[name].metadata
+def _check_fields(cls: type) -> None:
+    """Every field of ``cls`` carries a group, known kinds and, with ``needs``, a switch."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for f in names.values():
+        meta = f.metadata
+        if meta.get("group") not in GROUPS:
+            raise TypeError(f"{cls.__name__}.{f.name}: give _f(..., group=...) one of {', '.join(GROUPS)}")
+        if not meta["kind"] <= set(KINDS):
+            raise TypeError(f"{cls.__name__}.{f.name}: unknown kind {sorted(meta['kind'] - set(KINDS))}; "
+                            f"known: {', '.join(KINDS)}")
+        if "needs" in meta and "switch" not in names.get(meta["needs"], f).metadata["kind"]:
+            raise TypeError(f"{cls.__name__}.{f.name}: needs={meta['needs']!r} is not a switch field")
 
 
+_check_fields(Config)  # a field added without its metadata fails at import, naming itself
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-for _field in _FIELDS.values():  # a field added without its metadata fails at import, naming itself
-    _meta = _field.metadata
-    if _meta.get("group") not in GROUPS:
-        raise TypeError(f"Config.{_field.name}: give _f(..., group=...) one of {', '.join(GROUPS)}")
-    if not _meta["kind"] <= set(KINDS):
-        raise TypeError(f"Config.{_field.name}: unknown kind {sorted(_meta['kind'] - set(KINDS))}; "
-                        f"known: {', '.join(KINDS)}")
-    if "needs" in _meta and "switch" not in _FIELDS.get(_meta["needs"], _field).metadata["kind"]:
-        raise TypeError(f"Config.{_field.name}: needs={_meta['needs']!r} is not a switch field")
 
 
 def fields_with(kind: str) -> tuple[str, ...]:

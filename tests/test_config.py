@@ -1,0 +1,176 @@
+"""The configuration: field metadata and the lists derived from it, --config files, the command
+line's errors and help, the environment mapping of train_v4.sh, per-run folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from training import config as C
+from training.config import Config, config_from_args, config_to_argv, env_args, new_run_dir
+
+
+def test_every_field_carries_its_group_and_kinds():
+    for f in dataclasses.fields(Config):
+        assert f.metadata["group"] in C.GROUPS, f.name
+        assert f.metadata["kind"] <= set(C.KINDS), f.name
+    assert set(C.fields_in(*C.GROUPS)) == {f.name for f in dataclasses.fields(Config)}
+    with pytest.raises(KeyError):
+        C.fields_with("searchable")
+
+
+def test_derived_lists_are_consistent_and_fix_the_old_drift():
+    assert "device" in C.NOT_SEARCHABLE and "amp" in C.NOT_SEARCHABLE  # both say how it runs
+    assert "standardize" in C.SWITCHES and "standardize" not in C.RESUMABLE_CHANGES  # it shapes the data
+    assert C.RESUMABLE_CHANGES == {"resume", "overwrite", "quiet", "tensorboard", "device", "amp", "seeds",
+                                   "output_dir"}
+    assert set(C.RUN_FIELDS) <= C.RESUMABLE_CHANGES and set(C.RUN_FIELDS) <= C.NOT_SEARCHABLE
+    for switch, params in C.FEATURE_PARAMS.items():
+        assert switch in C.SWITCHES and set(params) <= set(C.SEARCHABLE), switch
+    assert C.FEATURE_PARAMS["use_vae"][:2] == ("vae_weight", "kl_weight")
+    assert set(C.FEATURE_PARAMS["use_contrastive"]) == {"contrastive_weight", "contrastive_temperature"}
+    # nothing that names the data, the seeds or the run folder can be searched
+    assert {"dataset", "data_path", "seeds", "output_dir", "eval_missing_rates", "model"} <= C.NOT_SEARCHABLE
+    assert set(C.SEARCHABLE) | C.NOT_SEARCHABLE == {f.name for f in dataclasses.fields(Config)}
+
+
+def test_a_field_without_a_group_is_refused_at_definition():
+    with pytest.raises(TypeError, match="group="):
+        @dataclasses.dataclass
+        class Broken:
+            x: int = C._f(1, "no group")
+
+        C._check_fields(Broken)
+
+
+def test_config_file_sets_values_and_flags_win(tmp_path):
+    path = tmp_path / "exp.yaml"
+    path.write_text("hidden_dim: 64\nlr: 3e-4\nuse_vae: false\nseeds: [1, 2]\nencoder: lstm\ndata_path: null\n")
+    cfg = config_from_args(["--config", str(path), "--hidden_dim", "32"])
+    assert (cfg.hidden_dim, cfg.lr, cfg.use_vae, cfg.seeds, cfg.encoder) == (32, 3e-4, False, [1, 2], "lstm")
+    assert config_from_args(["--config", str(path), "--use_vae"]).use_vae is True
+    js = tmp_path / "exp.json"
+    js.write_text(json.dumps({"dropout": 0.1, "eval_missing_rates": 0.5}))
+    cfg = config_from_args(["--config", str(js)])
+    assert (cfg.dropout, cfg.eval_missing_rates) == (0.1, [0.5])
+    # a run's own config.json is a valid --config file
+    saved = tmp_path / "config.json"
+    C.save_config(dataclasses.replace(Config(), hidden_dim=48, num_heads=3, output_dir="x"), str(saved))
+    assert config_from_args(["--config", str(saved)]) == dataclasses.replace(Config(), hidden_dim=48, num_heads=3,
+                                                                             output_dir="x")
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("hidden_dimm: 64\n", ["unknown key 'hidden_dimm'", "did you mean hidden_dim"]),
+    ("hidden_dim: big\n", ["hidden_dim", "expected an integer"]),
+    ("hidden_dim: 1.5\n", ["hidden_dim", "expected an integer"]),
+    ("encoder: gru\n", ["encoder", "expected one of mlp, lstm"]),
+    ("use_vae: 3\n", ["use_vae", "expected true or false"]),
+    ("dropout: 1.5\n", ["dropout must lie in [0, 1)", "(set in"]),
+    ("- a list\n", ["must hold a mapping"]),
+    ("hidden_dim: [1\n", ["not valid YAML/JSON"]),
+])
+def test_config_file_errors_are_one_line_naming_the_key_and_the_file(tmp_path, capsys, text, fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--config", str(path)], prog="prog")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and str(path) in err, err
+    assert err.startswith("prog: error: ") and err.rstrip().endswith("(see --help)"), err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def test_missing_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        config_from_args(["--config", str(tmp_path / "absent.yaml")])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read config file" in err and "absent.yaml" in err
+
+
+def test_argparse_errors_are_one_line(capsys):
+    for argv in (["--not_a_flag"], ["--epochs", "two"], ["--encoder", "gru"], ["--dropout", "1.5"],
+                 ["--resume"]):
+        with pytest.raises(SystemExit) as exc:
+            config_from_args(argv, prog="prog")
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.count("\n") == 1, (argv, err)
+        assert err.startswith("prog: error: ") and err.rstrip().endswith("(see --help)"), (argv, err)
+
+
+def test_help_has_one_section_per_group_and_no_default_on_no_flags():
+    text = C.build_parser(prog="prog").format_help()
+    for title in C.GROUPS.values():
+        assert f"\n{title}:\n" in text, title
+    assert "(default: True)" not in text and "(default: False)" not in text
+    assert "turn off --use_vae\n" in text
+    assert text.index("\ndata:\n") < text.index("--data_path") < text.index("\nmodel:\n") < text.index("--hidden_dim")
+
+
+def test_config_argv_round_trip_spells_out_every_switch():
+    cfg = dataclasses.replace(Config(), hidden_dim=64, standardize=False, amp=True, quiet=True, output_dir="o")
+    argv = config_to_argv(cfg)
+    assert config_from_args(argv) == cfg
+    for name in C.SWITCHES:
+        value = getattr(cfg, name)
+        assert (f"--{name}" if value is True else f"--no_{name}" if value is False else f"--{name}") in argv, name
+    assert "--no_standardize" in argv and "--amp" in argv
+    assert "--no_tensorboard" not in argv and "--tensorboard" not in argv  # a run flag left at its default
+
+
+def test_env_args_map_every_field():
+    env = {"HIDDEN_DIM": "64", "CONTRASTIVE_TEMP": "0.2", "SEEDS": "1 2", "USE_VAE": "0", "STANDARDIZE": "off",
+           "CALIBRATE": "yes", "EVAL_MISSING_RATES": "0.0 0.5", "DATA_PATH": "a b/c.pkl", "LR": "", "PATH": "/bin"}
+    argv = env_args(env)
+    cfg = config_from_args(argv)
+    assert (cfg.hidden_dim, cfg.contrastive_temperature, cfg.seeds, cfg.use_vae, cfg.standardize, cfg.calibrate,
+            cfg.eval_missing_rates, cfg.data_path, cfg.lr) == (64, 0.2, [1, 2], False, False, True, [0.0, 0.5],
+                                                               "a b/c.pkl", Config().lr)
+    every = {name.upper(): "1" if isinstance(getattr(Config(), name), bool) else "7"
+             for name in (f.name for f in dataclasses.fields(Config))}
+    flags = {a.removeprefix("--").removeprefix("no_") for a in env_args(every) if a.startswith("--")}
+    assert flags == {f.name for f in dataclasses.fields(Config)}
+    with pytest.raises(ValueError, match=r"^train_v4.sh: use_aecf must be 1 or 0, got 'maybe'$"):
+        env_args({"USE_AECF": "maybe"})
+
+
+def test_each_run_gets_its_own_folder_and_latest_points_at_it(tmp_path):
+    root = tmp_path / "runs"
+    cfg = dataclasses.replace(Config(), data_path=str(tmp_path / "mosi_dev.pkl"), model="tfn")
+    first, second = new_run_dir(cfg, str(root)), new_run_dir(cfg, str(root))
+    assert first != second and Path(first).is_dir() and Path(second).is_dir()
+    assert Path(first).name.startswith("tfn_mosi_dev_") and Path(second).name.startswith(Path(first).name)
+    assert (root / "latest").resolve() == Path(second).resolve()
+    assert Path(new_run_dir(Config(), str(root))).name.startswith("attention_robust_v4_synthetic_")
+    (root / "latest").unlink()
+    (root / "latest").mkdir()  # a real folder named latest is never replaced
+    new_run_dir(cfg, str(root))
+    assert (root / "latest").is_dir() and not (root / "latest").is_symlink()
+
+
+def _fake_python(tmp_path: Path) -> Path:
+    """A PYTHON for train_v4.sh that runs the config module but prints its cwd and argv for the run."""
+    fake = tmp_path / "fake_python"
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = -m ]; then exec {sys.executable} "$@"; fi\npwd\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def test_train_v4_sh_runs_in_the_callers_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHON=str(_fake_python(tmp_path)), DATA_PATH="data/x.pkl", HIDDEN_DIM="64", CONTRASTIVE_TEMP="0.2")
+    r = subprocess.run(["bash", str(ROOT / "train_v4.sh"), "--output_dir", "out"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    cwd, script, *argv = r.stdout.splitlines()
+    assert Path(cwd).resolve() == tmp_path.resolve() and script == str(ROOT / "attention_robust_v4.py")
+    assert argv == ["--data_path", "data/x.pkl", "--hidden_dim", "64", "--contrastive_temperature", "0.2",
+                    "--output_dir", "out"]
