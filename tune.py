@@ -44,7 +44,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from datasets import rate_key
-from training.config import Config, add_config_arguments, config_to_argv
+from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
 from training.evaluate import LOWER_IS_BETTER, OBJECTIVES, ROBUST_RATES
 from training.metrics import METRIC_NAMES
 from training.run import load_and_standardize, run_experiment
@@ -55,13 +55,8 @@ OBJECTIVE_HELP = (f"what a trial maximises or minimises, on valid: {', '.join(OB
                   f"(*_robust and mae/ece/corr/acc7: mean over missing rates {', '.join(map(str, ROBUST_RATES))}; "
                   f"*_full: p = 0) or METRIC@P for one rate (METRIC in {', '.join(METRIC_NAMES)}); "
                   "several names make a multi-objective study")
+# NOT_SEARCHABLE, FEATURE_PARAMS and RUN_FIELDS come from the Config fields' metadata (training/config.py).
 
-# Config fields that describe the data, the run folder or the evaluation protocol, never a model.
-NOT_SEARCHABLE = frozenset({
-    "dataset", "data_path", "data_format", "synthetic_seed", "nan_policy", "standardize", "model", "seeds",
-    "device", "eval_missing_rates", "eval_frame_missing_rates", "output_dir", "eval_only", "checkpoint",
-    "resume", "overwrite", "quiet", "tensorboard", "select_metric",
-})
 HIDDEN_DIM_CHOICES = (32, 64, 128, 256)
 # The default search space: the model and loss flags, log scale for rates, weights and temperatures.
 DEFAULT_SPACE: dict[str, BaseDistribution] = {
@@ -82,13 +77,6 @@ DEFAULT_SPACE: dict[str, BaseDistribution] = {
     "kl_weight": FloatDistribution(1e-5, 1e-2, log=True),
     "unimodal_weight": FloatDistribution(0.0, 2.0),
     "train_missing_rate": FloatDistribution(0.0, 0.8),
-}
-# A feature switched off on the command line takes its parameters out of the default space.
-FEATURE_PARAMS = {
-    "use_gated_fusion": ("gate_alpha",),
-    "use_contrastive": ("contrastive_weight", "contrastive_temperature"),
-    "use_aecf": ("aecf_mask_prob", "aecf_entropy_target", "entropy_weight"),
-    "use_vae": ("vae_weight", "kl_weight"),
 }
 DISTRIBUTIONS = {"categorical": CategoricalDistribution, "int": IntDistribution, "float": FloatDistribution}
 # the fail_reason a running trial carries until it ends: if its process dies, its heartbeat stops,
@@ -503,7 +491,7 @@ def evaluate_best(cfg: Config, data: Any, stats: dict | None) -> dict:
     """Retrain the best trial's config on train, select on valid, evaluate on test (``cfg.output_dir``).
     A finished identical run there is reused."""
     done = Path(cfg.output_dir) / "metrics.json"
-    run_fields = {"output_dir", "overwrite", "resume", "quiet"}
+    run_fields = set(RUN_FIELDS)  # where and how a run writes: never changes a result
     if done.exists():
         old = json.loads(done.read_text())
         same = {k: v for k, v in old.get("config", {}).items() if k not in run_fields} == \
