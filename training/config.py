@@ -244,7 +244,7 @@ def _check_fields(cls: type) -> None:
         meta = f.metadata
         if meta.get("group") not in GROUPS:
             raise TypeError(f"{cls.__name__}.{f.name}: give _f(..., group=...) one of {', '.join(GROUPS)}")
-        if not meta["kind"] <= set(KINDS):
+        if not meta.get("kind", frozenset()) <= set(KINDS):
             raise TypeError(f"{cls.__name__}.{f.name}: unknown kind {sorted(meta['kind'] - set(KINDS))}; "
                             f"known: {', '.join(KINDS)}")
         if "needs" in meta and "switch" not in names.get(meta["needs"], f).metadata["kind"]:
@@ -389,23 +389,28 @@ def _coerce_scalar(name: str, tp: type, value: Any, bad: typing.Callable[[str], 
     return out
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """``{field: value}`` from a YAML or JSON file; ValueError naming the file (and the key) on an
-    unreadable file, an unknown key or a value of the wrong type."""
+def read_yaml_or_json(path: str, what: str) -> Any:
+    """The data in a ``.json`` file or a YAML file (any other name); ValueError naming ``what``
+    (e.g. "config file") and ``path`` when the file cannot be read or parsed."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read config file {path}: {getattr(err, 'strerror', None) or err}") from None
+        raise ValueError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
     try:
         if path.endswith(".json"):
-            raw = json.loads(text)
-        else:
-            import yaml
+            return json.loads(text)
+        import yaml
 
-            raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except Exception as err:  # yaml.YAMLError / json.JSONDecodeError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"config file {path} is not valid YAML/JSON: {first}") from None
+        raise ValueError(f"{what} {path} is not valid YAML/JSON: {first}") from None
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """``{field: value}`` from a YAML or JSON file; ValueError naming the file (and the key) on an
+    unreadable file, an unknown key or a value of the wrong type."""
+    raw = read_yaml_or_json(path, "config file")
     if raw is None:
         return {}
     if not isinstance(raw, dict):
