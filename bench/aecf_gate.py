@@ -12,9 +12,9 @@ import torch
 
 from bench import interleaved, median, spread, verdict
 from datasets import apply_presence, sample_presence
-from modules.losses import task_loss
 from modules.registry import create_model
 from training.config import Config
+from training.trainer import loss_terms
 
 DIMS = {"text": 300, "audio": 5, "vision": 20}
 
@@ -30,7 +30,7 @@ def make_step(use_aecf: bool, batches: list[dict]):
         batch = batches[state["i"] % len(batches)]
         state["i"] += 1
         out = model(batch)
-        loss = sum({**task_loss(cfg, out, batch["labels"]), **out["losses"]}.values())
+        loss = sum(loss_terms(cfg, out, batch["labels"]).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
