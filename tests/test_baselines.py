@@ -28,6 +28,7 @@ def test_baselines_are_registered():
     assert set(BASELINES) <= set(available_models())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", BASELINES)
 def test_baseline_learns_known_signal(name):
     data = make_synthetic(seed=3, n_train=480, n_valid=16, n_test=256, seq_len=8, dims=tuple(DIMS.values()))

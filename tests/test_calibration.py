@@ -59,6 +59,7 @@ def test_calibration_applies_per_presence_pattern():
     assert np.array_equal(back.score_affine, cal.score_affine)
 
 
+@pytest.mark.slow
 def test_calibration_is_fitted_on_valid_only(tmp_path):
     """Changing the test split's labels and features leaves the saved calibration unchanged."""
     def scramble_test(d):

@@ -307,6 +307,7 @@ def test_shared_pickle(shared_pkl):
     assert len(set(all_ids)) == len(all_ids)
 
 
+@pytest.mark.slow
 def test_shared_csd_matches_pickle(shared_pkl, shared_csd):
     pkl = load_data("mosi", str(shared_pkl))
     csd = load_data("mosi", str(shared_csd))
@@ -526,6 +527,7 @@ def run_cli(*args):
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_synthetic():
     res = run_cli("synthetic")
     assert res.returncode == 0, res.stderr
@@ -533,6 +535,7 @@ def test_cli_synthetic():
     assert "ids unique across splits: True" in res.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_file(tmp_path):
     bad = tmp_path / "bad.pkl"
     bad.write_bytes(b"\x80\x04\x95garbage")

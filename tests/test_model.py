@@ -226,6 +226,7 @@ def test_eval_is_deterministic_and_training_masks() -> None:
     assert model(batch)["diagnostics"]["aecf_mask_rate"] > 0
 
 
+@pytest.mark.slow
 def test_overfits_small_data_set() -> None:
     torch.manual_seed(0)
     n, dims = 64, {"text": 8, "audio": 4, "vision": 6}

@@ -57,6 +57,7 @@ def test_auilc_is_a_normalised_trapezoid():
     assert auilc(["0.2"], [0.65]) == pytest.approx(0.65)
 
 
+@pytest.mark.slow
 def test_table_equals_the_runs_metrics(tmp_path, real_run):
     runs = {name: fake_metrics(tmp_path / name, seed) for seed, name in enumerate(["a", "b"])}
     runs["real"] = json.loads((real_run / "metrics.json").read_text())  # rates 0.0 0.3 0.5
@@ -108,6 +109,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(tmp_path, capsys):
     fake_metrics(tmp_path / "ok", 0)
     (tmp_path / "empty").mkdir()

@@ -41,6 +41,7 @@ def cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_artefacts_follow_the_documented_schema(finished_run):
     m = json.loads((finished_run / "metrics.json").read_text())
     assert m["seeds"] == [7, 8]
@@ -68,6 +69,7 @@ def test_artefacts_follow_the_documented_schema(finished_run):
         assert (finished_run / f).exists(), f
 
 
+@pytest.mark.slow
 def test_masks_in_predictions_are_the_interfaces_masks(finished_run):
     from datasets import modality_masks
 
@@ -90,6 +92,7 @@ def _ece(p_pos: np.ndarray, y: np.ndarray) -> float:
     return total
 
 
+@pytest.mark.slow
 def test_metrics_equal_a_direct_sklearn_computation(finished_run):
     m = json.loads((finished_run / "metrics.json").read_text())
     z = np.load(finished_run / "predictions.npz")
@@ -121,6 +124,7 @@ def test_metrics_equal_a_direct_sklearn_computation(finished_run):
         assert pred.shape == y.shape
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(tiny, tmp_path):
     results = []
     for name in ("a", "b"):
@@ -129,6 +133,7 @@ def test_same_seed_gives_identical_metrics(tiny, tmp_path):
     assert results[0] == results[1]
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_matches_an_uninterrupted_run(tiny, tmp_path):
     args = tiny_args(tiny, tmp_path / "whole", "--epochs", "6", "--batch_size", "4", "--seeds", "3", "4")
     assert main(args) == 0
@@ -164,6 +169,7 @@ def _epoch_of(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_a_flag(finished_run, capsys):
     before = (finished_run / "metrics.json").read_bytes()
     assert main(["--output_dir", str(finished_run), "--quiet", "--no_tensorboard"]) == 1
@@ -171,6 +177,7 @@ def test_existing_run_is_not_overwritten_without_a_flag(finished_run, capsys):
     assert (finished_run / "metrics.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused_and_keeps_the_run(finished_run, tiny, capsys):
     before = {p: (finished_run / p).read_bytes() for p in ("metrics.json", "config.json")}
     argv = tiny_args(tiny, finished_run, "--seeds", "7", "8", "--lr", "0.01", "--unimodal_weight", "1", "--resume")
@@ -181,6 +188,7 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_run(finished_run, t
     assert {p: (finished_run / p).read_bytes() for p in before} == before
 
 
+@pytest.mark.slow
 def test_eval_only_on_another_file_uses_the_saved_statistics(finished_run, tmp_path, capsys):
     other = tiny_pickle(tmp_path / "other.pkl", seed=5)
     out = tmp_path / "eval"
@@ -202,6 +210,7 @@ def test_nan_in_features_is_refused_with_a_clear_error(tmp_path, capsys):
     assert "nan.pkl" in err and "valid" in err and "audio" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_term_and_step_and_keeps_the_checkpoint(tiny, tmp_path, capsys, monkeypatch):
     import torch
 
@@ -246,6 +255,7 @@ def test_every_interfaces_flag_exists():
         assert name.replace("--", "--no_") in known
 
 
+@pytest.mark.slow
 def test_unknown_flag_and_bad_values_get_a_clear_message():
     r = cli("--not_a_flag", "3")
     assert r.returncode == 2 and "unrecognized arguments: --not_a_flag" in r.stderr
@@ -259,6 +269,7 @@ def test_unknown_flag_and_bad_values_get_a_clear_message():
         assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_file_is_a_one_line_error(tmp_path):
     r = cli("--data_path", str(tmp_path / "absent.pkl"), "--output_dir", str(tmp_path / "o"), "--quiet")
     assert r.returncode == 1 and "absent.pkl" in r.stderr and "Traceback" not in r.stderr
@@ -278,6 +289,7 @@ def test_config_argv_round_trip_keeps_switches_explicit():
         assert name in argv
 
 
+@pytest.mark.slow
 def test_distillation_term_counts_only_samples_that_lost_a_modality(tiny, tmp_path, monkeypatch):
     """The teacher sees the batch before train-time dropout; without dropout there is nothing to distil."""
     import training.trainer as trainer_mod
@@ -321,6 +333,7 @@ def test_train_v4_sh_maps_variables_to_flags_the_cli_accepts():
     assert r.returncode == 2 and r.stderr.strip() == "train_v4.sh: use_aecf must be 1 or 0, got 'maybe'"
 
 
+@pytest.mark.slow
 def test_a_run_without_output_dir_gets_its_own_folder_and_the_bar_warns_nothing(tiny, tmp_path, monkeypatch):
     import warnings
 
@@ -338,6 +351,7 @@ def test_a_run_without_output_dir_gets_its_own_folder_and_the_bar_warns_nothing(
     assert (tmp_path / "runs" / "latest").resolve() == runs[-1].resolve()
 
 
+@pytest.mark.slow
 def test_the_trainer_owns_the_kl_warm_up(finished_run):
     from training.checkpoint import load_checkpoint
 

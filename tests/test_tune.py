@@ -109,6 +109,7 @@ def test_search_space_file_is_checked(tmp_path):
         tune.build_space(ns, base, fixed)
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
     base = tiny_args(tiny, tmp_path / "out")
     r = tune_cli(*base, "--storage", "nosuchdb://x/y", "--n_trials", "1")
@@ -170,6 +171,7 @@ class Records(logging.Handler):
         self.records.append(record)
 
 
+@pytest.mark.slow
 def test_pruner_stops_a_bad_trial_and_a_failed_trial_does_not_end_the_study(tiny, tmp_path, fake_training):
     out, url = tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}"
     (tmp_path / "space.yaml").write_text("lr: [0.001, 0.0001, 0.01]\n")
@@ -198,6 +200,7 @@ def test_pruner_stops_a_bad_trial_and_a_failed_trial_does_not_end_the_study(tiny
     assert (out / "trials.csv").read_text().count("\n") == 7
 
 
+@pytest.mark.slow
 def test_multi_objective_reports_the_pareto_front(tiny, tmp_path, fake_training):
     out = tmp_path / "out"
     (tmp_path / "space.json").write_text('{"lr": {"type": "categorical", "choices": [0.001, 0.0001]}}')
@@ -211,6 +214,7 @@ def test_multi_objective_reports_the_pareto_front(tiny, tmp_path, fake_training)
     assert all(p["command"].startswith("bash train_v4.sh ") for p in best["pareto_front"])
 
 
+@pytest.mark.slow
 def test_rerun_with_the_same_sampler_seed_proposes_new_parameters(tiny, tmp_path, fake_training):
     (tmp_path / "space.yaml").write_text("lr: {low: 1.0e-4, high: 1.0e-2, log: true}\ndropout: {low: 0.0, high: 0.5}\n")
 
@@ -228,6 +232,7 @@ def test_rerun_with_the_same_sampler_seed_proposes_new_parameters(tiny, tmp_path
 
 
 # ---- real training -----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_trials_and_the_validation_block_are_scored_without_the_calibration_fitted_on_valid(tiny, tmp_path):
     """The objective and metrics.json's validation block: the uncalibrated model on valid, recomputed
     here from the saved checkpoint; the calibration stored beside it would change them."""
@@ -252,6 +257,7 @@ def test_trials_and_the_validation_block_are_scored_without_the_calibration_fitt
             assert value == pytest.approx(tune.objective_value(name, plain), abs=1e-9)
 
 
+@pytest.mark.slow
 def test_rerun_adds_trials_and_best_command_reproduces_the_value(tiny, tmp_path):
     out = tmp_path / "out"
     argv = tiny_args(tiny, out, "--study_name", "resume", "--sampler_seed", "0")
@@ -279,6 +285,7 @@ def test_rerun_adds_trials_and_best_command_reproduces_the_value(tiny, tmp_path)
     assert tune.objective_value("f1_robust", metrics["validation"]) == pytest.approx(best["value"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_rerun_resumes(tiny, tmp_path):
     out = tmp_path / "out"
     url = f"sqlite:///{out.resolve() / 'study.db'}"
@@ -314,6 +321,7 @@ def two_workers(tiny: Path, tmp_path: Path, url: str, name: str) -> optuna.Study
     return load(url, name)
 
 
+@pytest.mark.slow
 def test_two_processes_share_a_sqlite_study(tiny, tmp_path):
     study = two_workers(tiny, tmp_path, f"sqlite:///{tmp_path / 'shared.db'}", "shared")
     assert states(study) == [TrialState.COMPLETE] * 4, [t.user_attrs.get("fail_reason") for t in study.trials]
@@ -322,6 +330,7 @@ def test_two_processes_share_a_sqlite_study(tiny, tmp_path):
 
 @pytest.mark.skipif(not PG_URL, reason="ATTENTION_ROBUST_PG_URL is unset: start a server with "
                                        "`export ATTENTION_ROBUST_PG_URL=$(bash scripts/postgres_study.sh)`")
+@pytest.mark.slow
 def test_two_processes_share_a_postgresql_study(tiny, tmp_path):
     name = f"test_{uuid.uuid4().hex[:12]}"
     try:
