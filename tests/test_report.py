@@ -146,6 +146,7 @@ def close_rates_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_close_rates_keep_their_own_keys_everywhere(close_rates_run, tmp_path):
     m = json.loads((close_rates_run / "metrics.json").read_text())
     assert list(m["results"]["missing_rate"]) == CLOSE_RATES  # were 0.0, 0.0, 0.2, 0.3, 0.3 -> 3 keys
@@ -172,6 +173,7 @@ def test_duplicate_rates_are_refused():
             Config(**{field: [0.0, 0.3, 0.3]}).validate()
 
 
+@pytest.mark.slow
 def test_acc5_counts_and_ids(close_rates_run, tmp_path):
     m = json.loads((close_rates_run / "metrics.json").read_text())
     z = np.load(close_rates_run / "predictions.npz")
@@ -192,6 +194,7 @@ def test_acc5_counts_and_ids(close_rates_run, tmp_path):
     assert sentiment_metrics(np.array([2.4, -0.6, 1.4]), np.array([3.0, -1.0, 1.0]))["acc5"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_report_warns_when_runs_used_different_data(tmp_path, close_rates_run):
     for seed, (name, path, n) in enumerate([("a", "mosi.pkl", 686), ("b", "mosi.pkl", 686), ("c", "other.pkl", 425)]):
         m = fake_metrics(tmp_path / name, seed)
