@@ -164,6 +164,7 @@ def _fake_python(tmp_path: Path) -> Path:
     return fake
 
 
+@pytest.mark.slow
 def test_train_v4_sh_runs_in_the_callers_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHON=str(_fake_python(tmp_path)), DATA_PATH="data/x.pkl", HIDDEN_DIM="64", CONTRASTIVE_TEMP="0.2")

@@ -248,6 +248,7 @@ def write_csd_folder(folder, labels, per_segment=("audio", "vision"), folds=None
     return folder
 
 
+@pytest.mark.slow
 def test_csd_zero_length_segment_kept(tmp_path, caplog):
     """A zero-length label segment keeps the rows at its instant; one that has none is named when dropped."""
     iv = np.array([[0.0, 2.0], [2.0, 4.5], [4.5, 4.5], [4.5, 6.0], [7.0, 7.0]])
@@ -270,6 +271,7 @@ def test_csd_zero_length_segment_kept(tmp_path, caplog):
     assert out.returncode == 0 and "note:" in out.stdout and "vidA[4] (zero-length" in out.stdout
 
 
+@pytest.mark.slow
 def test_csd_official_labels_zero_length_and_standard_folds(tmp_path, shared_sdk_labels, caplog):
     """The official CMU-MOSI label file: 2WGyTLYerpo[43] ([127.213, 127.213]) is kept (all 2199
     segments); without folds.json the SDK's standard folds are used and a warning says so."""

@@ -66,27 +66,32 @@ def test_registry_builds_the_model() -> None:
     assert isinstance(model, AttentionRobustV4)
 
 
-def test_registry_is_an_explicit_table_that_never_imports_the_entry_script() -> None:
-    import subprocess
-    import sys
-
+def test_registry_is_an_explicit_table() -> None:
     from modules.attention_robust import AttentionRobustV4 as Moved
     from modules.base import MultimodalModel
     from modules.registry import MODELS
-    from tests.conftest import ROOT
 
     assert AttentionRobustV4 is Moved  # the entry script re-exports the class
     assert set(MODELS) == {"attention_robust_v4", "ef_lstm", "lf_dnn", "tfn"}
     assert all(issubclass(cls, MultimodalModel) for cls in MODELS.values())
+    with pytest.raises(ValueError, match="unknown model 'nope'; available: attention_robust_v4, ef_lstm"):
+        create_model("nope", make_cfg(), DIMS)
+    with pytest.raises(TypeError):  # the protocol is abstract: encode and fuse must be defined
+        MultimodalModel()
+
+
+@pytest.mark.slow
+def test_building_a_model_never_imports_the_entry_script() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
     code = ("import sys, modules.registry as r; r.create_model('tfn', __import__('training.config').config.Config(), "
             "{'text': 4, 'audio': 3, 'vision': 2}); print('attention_robust_v4' in sys.modules, "
             "'training.cli' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.split() == ["False", "False"], r.stderr
-    with pytest.raises(ValueError, match="unknown model 'nope'; available: attention_robust_v4, ef_lstm"):
-        create_model("nope", make_cfg(), DIMS)
-    with pytest.raises(TypeError):  # the protocol is abstract: encode and fuse must be defined
-        MultimodalModel()
 
 
 def test_encode_does_not_need_presence() -> None:

@@ -314,6 +314,7 @@ def test_distillation_term_counts_only_samples_that_lost_a_modality(tiny, tmp_pa
     assert not seen and load_checkpoint(out / "seed_7" / "last.pt")["history"][0]["loss/distill"] == 0
 
 
+@pytest.mark.slow
 def test_train_v4_sh_maps_variables_to_flags_the_cli_accepts():
     from training.config import config_from_args
 
