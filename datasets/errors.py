@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from training.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """A data file or data set is unusable. The message names the file, split and key where relevant."""

@@ -358,3 +358,324 @@ def test_the_trainer_owns_the_kl_warm_up(finished_run):
 
     history = load_checkpoint(finished_run / "seed_7" / "last.pt")["history"]
     assert history[0]["loss/kl"] == 0 < history[1]["loss/kl"]  # epoch 1 of 5 warm-up epochs: scale 0
+
+
+# ---- runs and run folders (issue 12 items 5-7, 10, 11, 15, 16) -------------------------------------
+def _one_line(err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def plain_run(tiny, tmp_path_factory) -> Path:
+    """A finished one-epoch run trained without standardization (a non-default flag)."""
+    out = tmp_path_factory.mktemp("plain") / "run"
+    assert main(tiny_args(tiny, out, "--epochs", "1", "--no_standardize")) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_duplicate_seeds_are_refused():
+    r = cli("--seeds", "7", "7")
+    assert r.returncode == 2 and "names a seed twice" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_second_process_into_a_locked_folder_gets_one_line(tiny, tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # another process's lock: flock conflicts across open files
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(tiny_args(tiny, out, "--epochs", "1")) == 1
+        _one_line(capsys.readouterr().err, str(out), "in use by another run (process 4242)")
+    assert not (out / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_a_failed_start_does_not_block_the_corrected_command(tiny, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(tiny_args(tiny, out, "--epochs", "1", "--model", "attention_robust_v5")) == 1
+    _one_line(capsys.readouterr().err, "unknown --model 'attention_robust_v5'")
+    assert main(tiny_args(tmp_path / "typo.pkl", out, "--epochs", "1")) == 1
+    _one_line(capsys.readouterr().err, "typo.pkl")
+    assert not (out / "config.json").exists()
+    (out / "config.json").write_text("{}")  # left by an older version's failed start: still no run
+    assert main(tiny_args(tiny, out, "--epochs", "1")) == 0
+    assert json.loads((out / "config.json").read_text())["epochs"] == 1
+
+
+@pytest.mark.slow
+def test_resume_takes_the_settings_of_the_run_folder(plain_run, tiny, tmp_path, capsys):
+    """The README's resume command (no other flags) continues a run started with non-default flags."""
+    out = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(plain_run, out)
+    (out / "seed_7" / "result.json").unlink()  # as if killed after training, before the sweep
+    before = json.loads((out / "metrics.json").read_text())["results"]
+    assert main(["--resume", "--output_dir", str(out), "--quiet"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["results"] == before
+    # an explicit flag that changes what the run trains is still refused
+    assert main(["--resume", "--output_dir", str(out), "--quiet", "--standardize"]) == 1
+    _one_line(capsys.readouterr().err, "standardize False -> True")
+
+
+@pytest.mark.slow
+def test_eval_only_reproduces_the_run_with_its_own_settings_and_never_writes_into_it(plain_run, tiny, capsys):
+    """A --no_standardize model is evaluated on unstandardized features without repeating the flag,
+    and without --output_dir the report goes to a new folder beside the run."""
+    before = {p.name: p.read_bytes() for p in plain_run.iterdir() if p.is_file()}
+    argv = ["--eval_only", "--checkpoint", str(plain_run), "--data_path", str(tiny), "--quiet",
+            "--eval_missing_rates", "0.0", "0.3", "0.5", "--eval_frame_missing_rates", "0.0", "0.5"]
+    assert main(argv) == 0
+    assert main(argv) == 0
+    assert {p.name: p.read_bytes() for p in plain_run.iterdir() if p.is_file()} == before
+    first, second = plain_run.parent / "run_eval_tiny", plain_run.parent / "run_eval_tiny_2"
+    assert f"wrote {second}/metrics.json" in capsys.readouterr().out
+    trained = json.loads((plain_run / "metrics.json").read_text())
+    for out in (first, second):
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["results"] == trained["results"]
+        assert m["config"]["standardize"] is False and m["config"]["checkpoint"] == str(plain_run)
+    assert main([*argv, "--standardize"]) == 1
+    _one_line(capsys.readouterr().err, "--standardize True (trained with False)", "drop the flag")
+    assert main([*argv, "--output_dir", str(plain_run)]) == 1
+    _one_line(capsys.readouterr().err, "folder of the run being evaluated")
+    assert main([*argv, "--output_dir", str(first)]) == 1  # holds a report already
+    _one_line(capsys.readouterr().err, "already holds a run")
+
+
+def _save(obj, path: Path) -> Path:
+    import torch
+
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.slow
+def test_unusable_checkpoints_get_one_line_naming_the_file(plain_run, tiny, tmp_path, capsys):
+    import torch
+
+    from training.checkpoint import load_checkpoint
+
+    best = load_checkpoint(plain_run / "seed_7" / "best.pt")
+    shapes = dict(best, model={k: torch.zeros(3) for k in best["model"]})
+    no_std = {k: v for k, v in best.items() if k != "standardizer"}
+    cases = {"empty": {}, "list": [1, 2], "no_std": no_std, "shapes": shapes, "truncated": None}
+    for name, obj in cases.items():
+        path = tmp_path / f"{name}.pt"
+        if obj is None:
+            path.write_bytes((plain_run / "seed_7" / "best.pt").read_bytes()[:300])
+        else:
+            _save(obj, path)
+        assert main(["--eval_only", "--checkpoint", str(path), "--data_path", str(tiny), "--quiet",
+                     "--output_dir", str(tmp_path / f"out_{name}")]) == 1, name
+        _one_line(capsys.readouterr().err, str(path), "--checkpoint")
+    other = tiny_pickle(tmp_path / "other_dims.pkl", dims=(12, 5, 9))
+    assert main(["--eval_only", "--checkpoint", str(plain_run), "--data_path", str(other), "--quiet",
+                 "--output_dir", str(tmp_path / "out_dims")]) == 1
+    _one_line(capsys.readouterr().err, "other_dims.pkl", "'vision': 9", "'vision': 8")
+
+
+@pytest.mark.slow
+def test_a_broken_last_pt_on_resume_says_what_to_do(plain_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(plain_run, out)
+    (out / "seed_7" / "result.json").unlink()
+    _save([], out / "seed_7" / "last.pt")
+    assert main(["--resume", "--output_dir", str(out), "--quiet"]) == 1
+    _one_line(capsys.readouterr().err, str(out / "seed_7" / "last.pt"), "delete")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["result.json", "result_test.npz"])
+def test_a_truncated_seed_result_on_resume_names_the_file(plain_run, tmp_path, capsys, victim):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(plain_run, out)
+    path = out / "seed_7" / victim
+    path.write_bytes(path.read_bytes()[:40])
+    assert main(["--resume", "--output_dir", str(out), "--quiet"]) == 1
+    _one_line(capsys.readouterr().err, str(path), "delete", "--resume")
+    if victim == "result.json":  # what the message says to do works
+        path.unlink()
+        assert main(["--resume", "--output_dir", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_nan_loss_in_the_first_epoch_names_no_checkpoint(tiny, tmp_path, capsys, monkeypatch):
+    import torch
+
+    import training.trainer as trainer_mod
+
+    real = trainer_mod.task_loss
+
+    def poisoned(cfg, out, labels):
+        terms = real(cfg, out, labels)
+        terms["reg"] = terms["reg"] * torch.tensor(float("nan"))
+        return terms
+
+    monkeypatch.setattr(trainer_mod, "task_loss", poisoned)
+    assert main(tiny_args(tiny, tmp_path / "out")) == 1
+    err = capsys.readouterr().err
+    _one_line(err, "epoch 1", "no epoch finished, so there is no checkpoint")
+    assert "last.pt" not in err
+
+
+@pytest.mark.slow
+def test_output_dir_problems_get_one_line(tiny, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import training.report as report_mod
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out in (a_file, a_file / "below"):
+        assert main(tiny_args(tiny, out, "--epochs", "1")) == 1
+        _one_line(capsys.readouterr().err, str(a_file))
+
+    def full_disk(path, **arrays):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report_mod.np, "savez_compressed", full_disk)
+    out = tmp_path / "full"
+    assert main(tiny_args(tiny, out, "--epochs", "1")) == 1
+    _one_line(capsys.readouterr().err, str(out), "No space left on device", "free some disk space")
+    assert not list(out.glob("*.tmp*")) and (out / "seed_7" / "result.json").exists()
+    monkeypatch.undo()
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    import training.run as run_mod
+
+    monkeypatch.setattr(run_mod.Path, "mkdir", read_only)
+    assert main(tiny_args(tiny, tmp_path / "ro" / "run", "--epochs", "1")) == 1
+    _one_line(capsys.readouterr().err, "Permission denied", "choose an --output_dir you can write to")
+
+
+def test_huge_finite_test_features_are_refused_before_training(tmp_path, capsys):
+    def huge(d):
+        d["test"]["audio"][2, 1, 0] = 3e38
+
+    bad = tiny_pickle(tmp_path / "huge.pkl", edit=huge)
+    out = tmp_path / "out"
+    assert main(tiny_args(bad, out)) == 1
+    _one_line(capsys.readouterr().err, "huge.pkl", "'test'", "'audio'", "3e+38")
+    assert not (out / "seed_7").exists()
+
+
+@pytest.mark.slow
+def test_length_one_data_skips_the_frame_sweep_with_one_note(tmp_path, caplog, capsys):
+    import logging
+
+    data = tiny_pickle(tmp_path / "utterance.pkl", seq_len=1)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO):
+        assert main(tiny_args(data, out, "--epochs", "1", "--no_quiet")) == 0
+    notes = [r.getMessage() for r in caplog.records if "frame-level sweep is skipped" in r.getMessage()]
+    assert len(notes) == 1
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["results"]["frame_missing_rate"] == {} and "frame_missing_rate" not in m["results"]["mean_over_rates"]
+    assert "frame missing rate" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_threads_progress_and_what_is_happening(tiny, tmp_path, caplog, capsys):
+    import logging
+
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        with caplog.at_level(logging.INFO):
+            assert main(tiny_args(tiny, tmp_path / "out", "--epochs", "1", "--seeds", "7", "8", "--no_quiet",
+                                  "--threads", "1")) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "seed 8 (2 of 2)" in err
+    said = " | ".join(r.getMessage() for r in caplog.records)
+    for what in ("loading ", "calibrating the best epoch", "evaluating on test"):
+        assert what in said, what
+
+
+@pytest.mark.slow
+def test_an_internal_bug_keeps_its_traceback(tiny, tmp_path, monkeypatch):
+    """Only user errors become one line: a plain ValueError from inside is a bug, raised as is."""
+    import training.run as run_mod
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(run_mod, "aggregate", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(tiny_args(tiny, tmp_path / "out", "--epochs", "1"))
+
+
+# ---- devices (issue 11 item 1) -------------------------------------------------------------------------
+@pytest.mark.slow
+def test_host_state_stays_on_the_host_whatever_map_location(plain_run, finished_run):
+    """Loading onto another device (the meta device stands in for a GPU) moves the model and
+    optimizer state only: RNG states, calibration and standardizer stay CPU tensors that
+    torch.set_rng_state, a Generator and numpy accept."""
+    import torch
+
+    from datasets import Standardizer
+    from training.calibration import Calibration
+    from training.checkpoint import load_checkpoint
+
+    last = load_checkpoint(plain_run / "seed_7" / "last.pt", map_location="meta")
+    assert all(t.device.type == "meta" for t in last["model"].values())
+    opt = [t for s in last["optimizer"]["state"].values() for t in s.values() if torch.is_tensor(t)]
+    assert opt and all(t.device.type == "meta" for t in opt)
+    assert last["rng"]["torch"].device.type == "cpu" and last["rng"]["loader"].device.type == "cpu"
+    state = torch.get_rng_state()
+    torch.set_rng_state(last["rng"]["torch"])
+    torch.set_rng_state(state)
+    torch.Generator().set_state(last["rng"]["loader"])
+    best = load_checkpoint(plain_run / "seed_7" / "best.pt", map_location=torch.device("meta"))
+    cal = Calibration.from_state_dict(best["calibration"])
+    assert cal.temperatures.shape == (7,) and np.all(cal.temperatures > 0)
+    stats = load_checkpoint(finished_run / "seed_7" / "best.pt", map_location="meta")["standardizer"]
+    assert stats and all(v.device.type == "cpu" for v in stats.values())
+    assert Standardizer.from_state_dict(stats).std["audio"].shape == (5,)
+
+
+@pytest.mark.slow
+def test_device_names_are_checked():
+    import torch
+
+    from training.errors import ConfigError
+    from training.trainer import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError, match="no CUDA device is available" if n == 0 else "cuda:0 to"):
+        resolve_device(f"cuda:{n}")
+    r = cli("--device", "gpu0")
+    assert r.returncode == 2 and "use auto, cpu, cuda or cuda:N" in r.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("amp", ["--amp", "--no_amp"])
+def test_resume_and_eval_only_on_cuda(tiny, tmp_path, amp):
+    out = tmp_path / "run"
+    args = tiny_args(tiny, out, "--device", "cuda:0", amp)
+    assert main(args) == 0
+    (out / "seed_7" / "result.json").unlink()
+    assert main([*args, "--resume"]) == 0  # loads last.pt onto the GPU, RNG state on the host
+    assert main(["--eval_only", "--checkpoint", str(out), "--data_path", str(tiny), "--device", "cuda", "--quiet",
+                 "--output_dir", str(tmp_path / "eval")]) == 0

@@ -45,9 +45,18 @@ class Calibration:
 
     @classmethod
     def from_state_dict(cls, d: dict | None) -> Calibration:
+        """From ``state_dict()`` (tensors on any device, arrays or lists); none: the identity."""
         if not d:
             return cls()
-        return cls(np.asarray(d["temperatures"], dtype=np.float64), np.asarray(d["score_affine"], dtype=np.float64))
+
+        def host(v) -> np.ndarray:
+            return np.asarray(v.detach().cpu() if torch.is_tensor(v) else v, dtype=np.float64)
+
+        cal = cls(host(d["temperatures"]), host(d["score_affine"]))
+        if cal.temperatures.shape != (7,) or cal.score_affine.shape != (7, 2):
+            raise ValueError(f"calibration state has shapes {cal.temperatures.shape} and {cal.score_affine.shape}, "
+                             "expected (7,) and (7, 2)")
+        return cal
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:

@@ -10,43 +10,92 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from training.errors import UserError, writing
+
+# What lives on the device once loaded; everything else (RNG states, calibration, standardizer,
+# numbers, the config) stays on the host, whatever ``map_location`` says.
+DEVICE_KEYS = ("model", "optimizer")
+BEST_KEYS = ("config", "dims", "standardizer", "model")
+LAST_KEYS = (*BEST_KEYS, "optimizer", "scheduler", "epoch", "global_step", "best_value", "best_epoch",
+             "bad_epochs", "history", "rng")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not hold what is needed."""
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """Write ``obj`` to ``path`` so that a kill at any moment leaves the old file or the new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                torch.save(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True``; a missing or broken file raises CheckpointError."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    required: Sequence[str] = (), advice: str = "") -> dict[str, Any]:
+    """Load with ``weights_only=True`` onto the host; then only the model and optimizer state go to
+    ``map_location``. A missing or broken file, or one without the ``required`` keys, raises
+    CheckpointError naming the file (and ``advice``, what to do)."""
     path = Path(path)
+    advice = f"; {advice}" if advice else ""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} does not exist{advice}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several kinds for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path} ({first}){advice}") from err
+    if not isinstance(ck, dict):
+        raise CheckpointError(f"{path} holds a {type(ck).__name__}, not a checkpoint of this project{advice}")
+    missing = [k for k in required if k not in ck]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete checkpoint of this project (no "
+                              f"{', '.join(map(repr, missing))}){advice}")
+    if torch.device(map_location) != torch.device("cpu"):
+        for key in DEVICE_KEYS:
+            if key in ck:
+                ck[key] = _to_device(ck[key], map_location)
+    return ck
+
+
+def load_weights(module: nn.Module | torch.optim.Optimizer, state: Any, path: str | Path, advice: str = "") -> None:
+    """``module.load_state_dict(state)``; a state that does not fit raises CheckpointError naming ``path``."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        what = "optimizer state" if isinstance(module, torch.optim.Optimizer) else "weights"
+        raise CheckpointError(f"the {what} in {path} do not fit the model its config describes ({first}); "
+                              f"the file is damaged or from another version{'; ' + advice if advice else ''}") from err
+
+
+def _to_device(obj: Any, device: str | torch.device) -> Any:
+    if torch.is_tensor(obj):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
 
 
 def rng_state(np_rng: np.random.Generator, loader_gen: torch.Generator) -> dict[str, Any]:
@@ -63,13 +112,15 @@ def rng_state(np_rng: np.random.Generator, loader_gen: torch.Generator) -> dict[
 
 
 def set_rng_state(state: dict[str, Any], np_rng: np.random.Generator, loader_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    loader_gen.set_state(state["loader"])
+    """Restore what ``rng_state`` captured (RNG states are host tensors wherever the model runs)."""
+    torch.set_rng_state(torch.as_tensor(state["torch"]).cpu())
+    loader_gen.set_state(torch.as_tensor(state["loader"]).cpu())
     np_rng.bit_generator.state = state["numpy"]
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        states = [torch.as_tensor(s).cpu() for s in state["cuda"]]
+        torch.cuda.set_rng_state_all(states[:torch.cuda.device_count()])  # fewer cards now: the first ones
 
 
 def _to_plain(obj: Any) -> Any:

@@ -1,12 +1,15 @@
 """``python attention_robust_v4.py [flags]``: train, select on valid, sweep the test split, report.
 
 Every error a user can cause (bad flags, unreadable data, a broken checkpoint, a non-finite
-loss) ends with one clear line on stderr and a non-zero status, never a traceback
-(``ATTENTION_ROBUST_DEBUG=1`` re-raises for debugging).
+loss, an output folder that cannot be written) is a ``UserError`` and ends with one clear line on
+stderr and a non-zero status; any other exception is a bug and keeps its traceback
+(``ATTENTION_ROBUST_DEBUG=1`` shows the traceback of user errors too).
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -14,20 +17,16 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from training.config import config_from_args, new_run_dir
+from training.config import RUNS_ROOT, Config, build_parser, config_from_args, new_run_dir
+from training.errors import UserError, writing
 
 EXIT_ERROR = 1
+_UNSET = object()
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input or a stopped run, reported in one line."""
-    from datasets import DataError
-    from training.checkpoint import CheckpointError
-    from training.run import RunExistsError
-    from training.trainer import NonFiniteLossError
-
-    return (DataError, CheckpointError, RunExistsError, NonFiniteLossError, FileNotFoundError,
-            PermissionError, IsADirectoryError, ValueError)
+    return (UserError,)
 
 
 def setup_logging(quiet: bool) -> None:
@@ -39,7 +38,7 @@ def setup_logging(quiet: bool) -> None:
 def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
                          extra_errors: tuple[type[BaseException], ...] = ()) -> tuple[Any, int]:
     """``(fn(), 0)``; a user error prints one ``error: ...`` line instead (status 1), Ctrl-C prints
-    ``interrupted`` (status 130)."""
+    ``interrupted`` (status 130). Any other exception propagates with its traceback."""
     try:
         return fn(), 0
     except KeyboardInterrupt:
@@ -52,23 +51,53 @@ def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
         return None, EXIT_ERROR
 
 
+def parse_command_line(argv: list[str] | None, prog: str) -> tuple[Config, set[str], int]:
+    """(config, names of the config flags given explicitly, --threads)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(prog=prog)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads of this process (0: torch's default), as in tune.py")
+    names = [f.name for f in dataclasses.fields(Config)]
+    ns = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, _UNSET)))
+    if ns.threads < 0:
+        parser.error("--threads must be >= 0")
+    given = {n for n in names if getattr(ns, n) is not _UNSET}
+    threads_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    threads_only.add_argument("--threads")
+    _, rest = threads_only.parse_known_args(argv)
+    return config_from_args(rest, prog=prog), given, ns.threads
+
+
 def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") -> int:
-    cfg = config_from_args(argv, prog=prog)  # argparse prints the error line and exits 2 itself
-    if cfg.output_dir is None:  # every run its own folder: runs/<model>_<data>_<time>, linked as runs/latest
-        cfg.output_dir = new_run_dir(cfg)
+    cfg, given, threads = parse_command_line(argv, prog)  # argparse prints the error line and exits 2 itself
     setup_logging(cfg.quiet)
 
-    def run() -> dict:
-        from training.run import evaluate_checkpoints, run_experiment
+    def claim_run_dir() -> None:  # every run its own folder: runs/<model>_<data>_<time>, linked as runs/latest
+        if cfg.output_dir is None and not cfg.eval_only:  # --eval_only picks a folder beside the evaluated run
+            with writing(RUNS_ROOT):
+                cfg.output_dir = new_run_dir(cfg)
 
-        return evaluate_checkpoints(cfg) if cfg.eval_only else run_experiment(cfg)
+    _, status = run_reporting_errors(claim_run_dir, "interrupted")
+    if status:
+        return status
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def run() -> dict:
+        from training.run import evaluate_checkpoints, resume_settings, run_experiment
+
+        if cfg.eval_only:
+            return evaluate_checkpoints(cfg, given)
+        return run_experiment(resume_settings(cfg, given))
 
     metrics, status = run_reporting_errors(
         run, f"interrupted; rerun with --resume --output_dir {cfg.output_dir} to continue")
     if status:
         return status
     print(metrics["test"]["table"])
-    print(f"\nwrote {cfg.output_dir}/metrics.json, predictions.npz, results.csv and plots")
+    print(f"\nwrote {metrics.get('output_dir', cfg.output_dir)}/metrics.json, predictions.npz, results.csv and plots")
     return 0
 
 

@@ -21,6 +21,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from training.errors import ConfigError
 from training.evaluate import OBJECTIVES
 
 DEFAULT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
@@ -154,7 +156,8 @@ class Config:
                                "modalities toward the same model's prediction with all of the sample's "
                                "modalities (eval mode, no gradient); weight of that KL + L1 term (0 disables)",
                                group="loss", kind="switch search")
-    device: str = _f("auto", "compute device", ["auto", "cpu", "cuda"], group="run", kind="resumable")
+    device: str = _f("auto", "compute device: auto (CUDA when present), cpu, cuda or cuda:N (card N)",
+                     group="run", kind="resumable")
     amp: bool = _f(False, "automatic mixed precision (CUDA only)", group="run", kind="resumable")
     # ---- evaluation -------------------------------------------------------------------------
     eval_missing_rates: list[float] = _f(DEFAULT_RATES, "random modality-missing rates of the test sweep",
@@ -187,13 +190,13 @@ class Config:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         cfg = cls(**d)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        """Raise ValueError naming the first setting out of its range."""
+        """Raise ConfigError (a ValueError) naming the first setting out of its range."""
         checks = [
             (self.hidden_dim > 0, "hidden_dim must be > 0"),
             (0.0 <= self.dropout < 1.0, "dropout must lie in [0, 1)"),
@@ -213,6 +216,10 @@ class Config:
              "loss weights must be >= 0"),
             (self.reg_weight + self.cls_weight > 0, "reg_weight and cls_weight cannot both be 0"),
             (len(self.seeds) > 0, "give at least one seed"),
+            (len(set(self.seeds)) == len(self.seeds),
+             f"--seeds {' '.join(map(str, self.seeds))} names a seed twice; give each seed once"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             f"--device {self.device!r}: use auto, cpu, cuda or cuda:N"),
             (self.epochs >= 0, "epochs must be >= 0"),
             (self.batch_size > 0, "batch_size must be > 0"),
             (self.lr > 0, "lr must be > 0"),
@@ -234,7 +241,7 @@ class Config:
         ]
         for ok, msg in checks:
             if not ok:
-                raise ValueError(msg)
+                raise ConfigError(msg)
 
 
 def _check_fields(cls: type) -> None:

@@ -19,9 +19,12 @@ TABLE_METRICS = ("acc2_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc5", "ac
 
 def write_json_atomic(obj: dict, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no stray file
 
 
 def results_frame(results: dict, std: dict) -> pd.DataFrame:
@@ -72,12 +75,15 @@ def save_predictions(path: Path, labels: np.ndarray, rates: list[float], per_see
     if all("fusion_weights" in a for a in arrays):
         extra["fusion_weights"] = np.stack([a["fusion_weights"] for a in arrays])
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(
-        tmp, labels=labels.astype(np.float32), rates=np.asarray(rates, dtype=np.float32),
-        preds=np.stack([a["preds"] for a in arrays]), masks=np.stack([a["masks"] for a in arrays]),
-        probs=np.stack([a["probs"] for a in arrays]), subset_names=np.array(list(SUBSETS)),
-        subset_preds=np.stack([a["subset_preds"] for a in arrays]), **extra)
-    os.replace(tmp, path)
+    try:
+        np.savez_compressed(
+            tmp, labels=labels.astype(np.float32), rates=np.asarray(rates, dtype=np.float32),
+            preds=np.stack([a["preds"] for a in arrays]), masks=np.stack([a["masks"] for a in arrays]),
+            probs=np.stack([a["probs"] for a in arrays]), subset_names=np.array(list(SUBSETS)),
+            subset_preds=np.stack([a["subset_preds"] for a in arrays]), **extra)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no stray file
 
 
 def _rate_index(rates: np.ndarray, p: float) -> int | None:

@@ -8,44 +8,105 @@ interrupted one from its last epoch.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from datasets import MultimodalData, Standardizer, load_data, rate_key
-from training.config import RESUMABLE_CHANGES, Config, save_config
+from datasets import MODALITIES, DataError, MultimodalData, Standardizer, load_data, rate_key
+from training.checkpoint import CheckpointError
+from training.config import RESUMABLE_CHANGES, Config, fields_in
+from training.errors import ConfigError, OutputError, UserError, writing
 from training.evaluate import aggregate, evaluate_split
 from training.report import write_json_atomic, write_report
-from training.trainer import Trainer, load_for_eval, resolve_device
+from training.trainer import Trainer, frame_rates_for, load_for_eval, resolve_device
 
 log = logging.getLogger(__name__)
 
 # (seed index, epoch, validation value) after every epoch; may raise to stop (Optuna pruning).
 SeedEpochCallback = Callable[[int, int, float], None]
 
+LOCK_FILE = ".lock"
+SEED_FILES = ("last.pt", "best.pt", "result.json", "result_valid.npz", "result_test.npz")
+# A standardized (or raw, with --no_standardize) feature beyond this is no measurement: float32
+# arithmetic in the model overflows on it.
+MAX_FEATURE_MAGNITUDE = 1e12
 
-class RunExistsError(RuntimeError):
+
+class RunExistsError(UserError):
     """The output folder already holds a run and neither --resume nor --overwrite was given."""
+
+
+class RunLockedError(OutputError):
+    """Another process is writing into the same output folder."""
+
+
+def _describe(cfg: Config) -> str:
+    return cfg.data_path or f"the embedded {cfg.dataset} data set"
+
+
+def load_raw(cfg: Config) -> MultimodalData:
+    """The configured data, cleaned and checked but not standardized."""
+    log.info("loading %s", _describe(cfg))
+    data = load_data(cfg.dataset, cfg.data_path, cfg.data_format, cfg.synthetic_seed, cfg.nan_policy)
+    log.info("loaded %s: train/valid/test %s samples, feature dims %s", data.source,
+             "/".join(str(data.splits[s].n) for s in ("train", "valid", "test")), dict(data.dims))
+    return data
+
+
+def standardize(data: MultimodalData, cfg: Config, stats: dict | None = None) -> dict:
+    """Standardize ``data`` in place with ``stats`` (a checkpoint's), or with train statistics when
+    ``cfg.standardize``; then refuse features no model can compute with. Returns the statistics."""
+    if stats:
+        Standardizer.from_state_dict(stats).apply(data)
+    elif cfg.standardize:
+        std = Standardizer.fit(data.splits["train"])
+        std.apply(data)
+        stats = {k: torch.as_tensor(np.asarray(v)) for k, v in std.state_dict().items()}
+    check_magnitudes(data)
+    return stats or {}
 
 
 def load_and_standardize(cfg: Config, stats: dict | None = None) -> tuple[MultimodalData, dict]:
     """Load the configured data and standardize it: with train statistics, or with ``stats``
     (the statistics a checkpoint carries). Returns the data and the statistics as tensors."""
-    data = load_data(cfg.dataset, cfg.data_path, cfg.data_format, cfg.synthetic_seed, cfg.nan_policy)
-    if stats:
-        Standardizer.from_state_dict({k: v.numpy() if torch.is_tensor(v) else v
-                                      for k, v in stats.items()}).apply(data)
-        return data, stats
-    if not cfg.standardize:
-        return data, {}
-    std = Standardizer.fit(data.splits["train"])
-    std.apply(data)
-    return data, {k: torch.as_tensor(np.asarray(v)) for k, v in std.state_dict().items()}
+    data = load_raw(cfg)
+    return data, standardize(data, cfg, stats)
+
+
+def check_magnitudes(data: MultimodalData) -> None:
+    """DataError naming the file, split and modality of finite features too large to compute with."""
+    for name, split in data.splits.items():
+        for m in MODALITIES:
+            x = split.features(m)
+            top = max(float(x.max()), -float(x.min())) if x.size else 0.0
+            if top > MAX_FEATURE_MAGNITUDE:
+                raise DataError(
+                    f"{data.source} [split '{name}', key '{m}']: feature values reach {top:.3g} (after any "
+                    f"standardization), beyond {MAX_FEATURE_MAGNITUDE:.0e} where the model's float32 arithmetic "
+                    "overflows; fix or remove those values in the file")
+
+
+def check_model_name(name: str) -> None:
+    from modules.registry import available_models
+
+    known = available_models()
+    if name not in known:
+        raise ConfigError(f"unknown --model {name!r}; available: {', '.join(known)}")
+
+
+# Settings --eval_only takes from the command line (the data to evaluate on, the sweep, how it runs);
+# every other one, standardization included, comes from the checkpoint.
+EVAL_SETTINGS = (frozenset(fields_in("data", "run")) | {"batch_size", "eval_missing_rates",
+                                                         "eval_frame_missing_rates"}) - {"standardize"}
 
 
 def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
@@ -56,54 +117,131 @@ def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
             if k not in RESUMABLE_CHANGES and saved.get(k, default[k]) != now[k]]
 
 
+def _read_config(path: Path) -> dict:
+    try:
+        saved = json.loads(path.read_text())
+        Config.from_dict(saved)
+    except (OSError, ValueError, TypeError) as err:
+        raise RunExistsError(f"--resume: cannot read {path} ({err}); restore it, or start the run again with "
+                             f"--overwrite") from None
+    return saved
+
+
+def resume_settings(cfg: Config, given: set[str]) -> Config:
+    """``--resume --output_dir X``: the settings X's run was started with (its ``config.json``),
+    with the flags ``given`` on the command line on top. ``check_output_dir`` then refuses a
+    given flag that would change what the run trains or measures."""
+    path = Path(cfg.output_dir) / "config.json"
+    if not cfg.resume or not path.is_file():
+        return cfg
+    saved = Config.from_dict(_read_config(path))
+    return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in given | {"resume", "output_dir", "overwrite"}})
+
+
+def held_run(out: Path) -> list[str]:
+    """The files that make ``out`` hold a run: its report, or a seed that started training
+    (a ``config.json`` alone, left by a start that failed, does not count)."""
+    if not out.is_dir():
+        return []
+    found = [p for p in ("metrics.json",) if (out / p).exists()]
+    return found + sorted({str(p.parent.relative_to(out) / p.name) for p in out.glob("seed_*/*")
+                           if p.name in SEED_FILES})
+
+
 def check_output_dir(cfg: Config) -> None:
+    """Refuse to start in a folder holding another run (unless --resume or --overwrite), and
+    refuse --resume with settings that would change what the run trains or measures."""
     out = Path(cfg.output_dir)
-    previous = [p for p in ("metrics.json", "config.json") if (out / p).exists()] + \
-        [str(p.relative_to(out)) for p in out.glob("seed_*/last.pt")]
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--output_dir {out} is a file; choose a folder")
+    previous = held_run(out)
     if previous and not (cfg.resume or cfg.overwrite):
         raise RunExistsError(
             f"{out} already holds a run ({', '.join(previous[:3])}); pass --resume to continue it, "
             f"--overwrite to replace it, or another --output_dir")
-    if cfg.resume and (out / "config.json").exists():
-        try:
-            saved = json.loads((out / "config.json").read_text())
-        except (OSError, ValueError) as err:
-            raise RunExistsError(f"--resume: cannot read {out / 'config.json'}: {err}") from None
-        changed = resume_conflicts(saved, cfg)
+    if cfg.resume and previous and (out / "config.json").exists():
+        changed = resume_conflicts(_read_config(out / "config.json"), cfg)
         if changed:
             raise RunExistsError(
                 f"--resume: {out} was started with other settings ({'; '.join(changed[:5])}"
                 f"{'; ...' if len(changed) > 5 else ''}); resume with the same flags, or pass --overwrite "
                 f"or another --output_dir")
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """Create ``out`` and hold an exclusive lock on it: a second process into the same folder gets
+    RunLockedError instead of mixing its files with ours. The lock goes with the process."""
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "unknown"
+            raise RunLockedError(f"{out} is in use by another run (process {pid}); wait for it to finish, or "
+                                 f"choose another --output_dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _start_run(cfg: Config, out: Path) -> None:
+    """The moment the folder starts to hold this run: the first seed is about to train."""
     if cfg.overwrite:
-        for p in out.glob("seed_*/*"):
-            if p.name in ("last.pt", "best.pt", "result.json", "result.npz"):
+        for p in [out / "metrics.json", *out.glob("seed_*/*")]:
+            if p.name in (*SEED_FILES, "metrics.json") and p.exists():
                 p.unlink()
+    with writing(out / "config.json"):
+        write_json_atomic(cfg.to_dict(), out / "config.json")
 
 
 def _save_seed_result(run_dir: Path, result: dict) -> None:
-    for name in ("valid", "test"):
-        if name in result:
-            arrays = result[name].pop("arrays")
-            np.savez(run_dir / f"result_{name}.npz", **arrays)
-    write_json_atomic(result, run_dir / "result.json")
-    for name in ("valid", "test"):
-        if name in result:
-            with np.load(run_dir / f"result_{name}.npz") as z:
-                result[name]["arrays"] = {k: z[k] for k in z.files}
+    """``result.json`` plus ``result_<split>.npz`` (the arrays), each written atomically."""
+    arrays = {name: result[name].pop("arrays") for name in ("valid", "test") if name in result}
+    try:
+        with writing(run_dir):
+            for name, arr in arrays.items():
+                tmp = run_dir / f"result_{name}.tmp.npz"
+                try:
+                    np.savez(tmp, **arr)
+                    os.replace(tmp, run_dir / f"result_{name}.npz")
+                finally:
+                    tmp.unlink(missing_ok=True)
+            write_json_atomic(result, run_dir / "result.json")
+    finally:
+        for name, arr in arrays.items():
+            result[name]["arrays"] = arr
 
 
 def _load_seed_result(run_dir: Path, splits: tuple[str, ...]) -> dict | None:
     path = run_dir / "result.json"
     if not path.exists():
         return None
-    with open(path) as fh:
-        result = json.load(fh)
+    advice = (f"delete {path} and rerun with --resume: the seed's results are computed again from "
+              f"{run_dir / 'best.pt'}")
+    try:
+        result = json.loads(path.read_text())
+        if not isinstance(result, dict):
+            raise ValueError(f"holds a {type(result).__name__}")
+    except (OSError, ValueError) as err:
+        raise RunExistsError(f"{path} is truncated or unreadable ({err}); {advice}") from None
     if any(s not in result for s in splits):
         return None
     for name in splits:
-        with np.load(run_dir / f"result_{name}.npz") as z:
-            result[name]["arrays"] = {k: z[k] for k in z.files}
+        npz = run_dir / f"result_{name}.npz"
+        try:
+            with np.load(npz) as z:
+                result[name]["arrays"] = {k: z[k] for k in z.files}
+        except Exception as err:  # missing, truncated (BadZipFile) or foreign
+            raise RunExistsError(f"{npz} is missing, truncated or unreadable ({type(err).__name__}); "
+                                 f"{advice}") from None
     return result
 
 
@@ -129,44 +267,63 @@ def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
     """Train every seed of ``cfg`` and sweep ``splits``; returns ``{split: metrics}``.
 
     With ``"test"`` in ``splits`` it writes the report into ``cfg.output_dir`` and adds the
-    printed table under ``"table"``. ``data``/``stats`` let a caller reuse loaded data.
+    printed table under ``"table"``. ``data``/``stats`` let a caller reuse loaded data. The
+    folder is locked for the whole run; ``config.json`` is written when the first seed starts.
     """
     out = Path(cfg.output_dir)
-    check_output_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, str(out / "config.json"))
-    if data is None:
-        data, stats = load_and_standardize(cfg)
-    per_seed = []
-    t0 = time.perf_counter()
-    for i, seed in enumerate(cfg.seeds):
-        run_dir = out / f"seed_{seed}"
-        run_dir.mkdir(parents=True, exist_ok=True)
-        result = _load_seed_result(run_dir, splits) if cfg.resume else None
-        if result is None:
-            writer = _writer(cfg, seed)
-            try:
-                trainer = Trainer(cfg, data, seed, run_dir, stats, writer, progress=not cfg.quiet)
-                if cfg.resume:
-                    trainer.resume()
-                cb = None if on_epoch is None else (lambda e, v, i=i: on_epoch(i, e, v))
-                trainer.fit(cb)
-                result = trainer.finish(splits)
-                if writer is not None and "test" in result:
-                    _log_hparams(writer, cfg, result)
-            finally:
-                if writer is not None:
-                    writer.close()
-            _save_seed_result(run_dir, result)
-        per_seed.append(result)
-    train_seconds = time.perf_counter() - t0
-    metrics = {s: _metrics(cfg, per_seed, s, train_seconds) for s in splits}
-    if "test" in splits:
-        test = metrics["test"]
-        test["validation"] = metrics["valid"]["results"] if "valid" in metrics else {}
-        test["table"] = write_report(out, test, [r["test"] for r in per_seed],
-                                     data.splits["test"].labels, cfg.eval_missing_rates, data=data)
+    check_model_name(cfg.model)
+    with run_lock(out):
+        check_output_dir(cfg)
+        if data is None:
+            data, stats = load_and_standardize(cfg)
+        if "test" in splits:
+            _note_frame_sweep(data, cfg.eval_frame_missing_rates)
+        per_seed = []
+        started = False
+        t0 = time.perf_counter()
+        for i, seed in enumerate(cfg.seeds):
+            run_dir = out / f"seed_{seed}"
+            result = _load_seed_result(run_dir, splits) if cfg.resume else None
+            if result is None:
+                trainer = Trainer(cfg, data, seed, run_dir, stats, progress=not cfg.quiet)
+                trainer.label = f"seed {seed} ({i + 1} of {len(cfg.seeds)})"
+                if not started:
+                    _start_run(cfg, out)
+                    started = True
+                with writing(run_dir):
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                trainer.writer = writer = _writer(cfg, seed)
+                try:
+                    if cfg.resume:
+                        trainer.resume()
+                    cb = None if on_epoch is None else (lambda e, v, i=i: on_epoch(i, e, v))
+                    trainer.fit(cb)
+                    result = trainer.finish(splits)
+                    if writer is not None and "test" in result:
+                        _log_hparams(writer, cfg, result)
+                finally:
+                    if writer is not None:
+                        writer.close()
+                _save_seed_result(run_dir, result)
+            else:
+                log.info("seed %d (%d of %d): finished earlier, results read from %s", seed, i + 1,
+                         len(cfg.seeds), run_dir)
+            per_seed.append(result)
+        train_seconds = time.perf_counter() - t0
+        metrics = {s: _metrics(cfg, per_seed, s, train_seconds) for s in splits}
+        if "test" in splits:
+            test = metrics["test"]
+            test["validation"] = metrics["valid"]["results"] if "valid" in metrics else {}
+            with writing(out):
+                test["table"] = write_report(out, test, [r["test"] for r in per_seed],
+                                             data.splits["test"].labels, cfg.eval_missing_rates, data=data)
     return metrics
+
+
+def _note_frame_sweep(data: MultimodalData, rates: list[float]) -> None:
+    if rates and not frame_rates_for(data.splits["test"], rates):
+        log.info("note: every test sequence has one step (utterance-level features), so the frame-level "
+                 "sweep is skipped: erasing frames keeps one step per sequence, and every rate would repeat r = 0")
 
 
 def _log_hparams(writer, cfg: Config, result: dict) -> None:
@@ -178,31 +335,90 @@ def _log_hparams(writer, cfg: Config, result: dict) -> None:
     writer.add_hparams(hp, final, run_name=".")
 
 
-def evaluate_checkpoints(cfg: Config) -> dict:
+def _run_folder(checkpoint: Path) -> Path:
+    """The run folder a checkpoint belongs to (``RUN/seed_<s>/best.pt`` -> ``RUN``)."""
+    if checkpoint.is_dir():
+        return checkpoint
+    return checkpoint.parent.parent if checkpoint.parent.name.startswith("seed_") else checkpoint.parent
+
+
+def eval_output_dir(cfg: Config, run_dir: Path, given: set[str] | None) -> Path:
+    """Where ``--eval_only`` writes: ``--output_dir`` when given, else a new folder beside the
+    evaluated run (``RUN_eval_<data>``, ``_2``, ... when taken); never the run's own folder."""
+    if cfg.output_dir is not None and (given is None or "output_dir" in given):
+        out = Path(cfg.output_dir)
+    else:
+        src = Path(cfg.data_path.rstrip("/")).stem if cfg.data_path else cfg.dataset
+        base = run_dir.parent / f"{run_dir.name}_eval_{src}"
+        out, k = base, 1
+        while held_run(out) or (out.exists() and not out.is_dir()):
+            k += 1
+            out = base.with_name(f"{base.name}_{k}")
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise OutputError(f"--output_dir {out} is the folder of the run being evaluated; --eval_only never "
+                          f"writes there: choose another --output_dir (or leave it out for a new folder)")
+    return out
+
+
+def eval_conflicts(saved: Config, cfg: Config, given: set[str] | None) -> list[str]:
+    """Flags given with --eval_only that contradict what the checkpoint was trained with."""
+    return [f"--{k} {getattr(cfg, k)!r} (trained with {getattr(saved, k)!r})"
+            for k in sorted((given or set()) - EVAL_SETTINGS) if getattr(cfg, k) != getattr(saved, k)]
+
+
+def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
     """``--eval_only``: evaluate ``cfg.checkpoint`` (a best.pt, or a run folder of seed_*/best.pt)
-    on the test split of ``cfg``'s data, with the standardization statistics the model carries."""
+    on the test split of ``cfg``'s data.
+
+    Everything that shaped training (model, losses, standardization and its statistics, task)
+    comes from the checkpoint; ``cfg`` gives only ``EVAL_SETTINGS``. ``given`` names the flags
+    given on the command line: one of them that contradicts the checkpoint is refused, and without
+    ``output_dir`` among them the report goes to a new folder (``eval_output_dir``).
+    """
     path = Path(cfg.checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"--checkpoint {path} does not exist; give a run folder or a best.pt")
     files = sorted(path.glob("seed_*/best.pt")) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"{path} holds no seed_*/best.pt checkpoint")
+        raise CheckpointError(f"{path} holds no seed_*/best.pt checkpoint; give a run folder of a finished "
+                              f"training run or a best.pt")
     device = resolve_device(cfg.device)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    per_seed, seeds, data = [], [], None
-    for f in files:
-        model, saved, stats, cal, dims = load_for_eval(f, device)
-        if data is None:
-            data, _ = load_and_standardize(cfg, stats)
-        if dict(data.dims) != dims:
-            raise ValueError(f"{cfg.data_path or cfg.dataset} has feature dims {dict(data.dims)} but "
-                             f"the checkpoint {f} was trained on {dims}")
-        res = evaluate_split(model, data.splits["test"], cfg.eval_missing_rates, cfg.eval_frame_missing_rates,
-                             cfg.batch_size, device, saved.task, saved.num_classes, cal)
-        per_seed.append({"test": res})
-        seeds.append(int(f.parent.name.split("_")[-1]) if f.parent.name.startswith("seed_") else saved.seeds[0])
-    metrics = _metrics(cfg, per_seed, "test", 0.0)
-    metrics["seeds"] = seeds
-    metrics["checkpoints"] = [str(f) for f in files]
-    metrics["table"] = write_report(out, metrics, [r["test"] for r in per_seed], data.splits["test"].labels,
-                                    cfg.eval_missing_rates, data=data)
-    return {"test": metrics}
+    out = eval_output_dir(cfg, _run_folder(path), given)
+    with run_lock(out):
+        check_output_dir(dataclasses.replace(cfg, output_dir=str(out), resume=False))
+        per_seed, seeds, data, first, effective = [], [], None, None, cfg
+        for f in files:
+            model, saved, stats, cal, dims = load_for_eval(f, device)
+            conflicts = eval_conflicts(saved, cfg, given)
+            if conflicts:
+                raise ConfigError(f"--eval_only: {'; '.join(conflicts)} contradicts the checkpoint {f}; drop "
+                                  "the flag: what shaped training comes from the checkpoint")
+            if data is None:
+                data, first = load_raw(cfg), (dims, stats)
+                if dict(data.dims) != dims:
+                    raise DataError(f"{data.source} has feature dims {dict(data.dims)} but the checkpoint {f} was "
+                                    f"trained on {dims}; evaluate it on data from the same feature extractors")
+                standardize(data, dataclasses.replace(saved, standardize=False), stats)  # never refit
+                effective = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in EVAL_SETTINGS})
+                _note_frame_sweep(data, cfg.eval_frame_missing_rates)
+            elif dims != first[0] or not _same_stats(stats, first[1]):
+                raise CheckpointError(f"{f} was trained on other features or statistics than {files[0]}; "
+                                      "evaluate the two with separate --eval_only runs")
+            log.info("evaluating %s on %s (%d samples)", f, data.source, data.splits["test"].n)
+            test = data.splits["test"]
+            res = evaluate_split(model, test, cfg.eval_missing_rates,
+                                 frame_rates_for(test, cfg.eval_frame_missing_rates), cfg.batch_size, device,
+                                 saved.task, saved.num_classes, cal, bool(cfg.amp and device.type == "cuda"))
+            per_seed.append({"test": res})
+            seeds.append(int(f.parent.name.split("_")[-1]) if f.parent.name.startswith("seed_") else saved.seeds[0])
+        metrics = _metrics(effective, per_seed, "test", 0.0)
+        metrics["seeds"] = seeds
+        metrics["checkpoints"] = [str(f) for f in files]
+        with writing(out):
+            metrics["table"] = write_report(out, metrics, [r["test"] for r in per_seed], data.splits["test"].labels,
+                                            cfg.eval_missing_rates, data=data)
+    return {"test": metrics, "output_dir": str(out)}
+
+
+def _same_stats(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])) for k in a)

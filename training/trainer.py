@@ -21,8 +21,18 @@ from datasets import MultimodalData, apply_presence, make_loader, rate_key, samp
 from modules.losses import distillation_loss, kl_warmup, task_loss
 from modules.registry import create_model
 from training.calibration import Calibration, fit_calibration
-from training.checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from training.checkpoint import (
+    BEST_KEYS,
+    LAST_KEYS,
+    CheckpointError,
+    load_checkpoint,
+    load_weights,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
 from training.config import Config
+from training.errors import ConfigError, UserError
 from training.evaluate import evaluate_split, validation_score
 
 log = logging.getLogger(__name__)
@@ -49,16 +59,29 @@ def loss_terms(cfg: Config, out: dict, labels: torch.Tensor, kl_scale: float = 1
     return terms
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError):
     """A loss term became NaN or Inf; the message names the term, the epoch and the step."""
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; a card that is not there
+    raises ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                              f"cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
 
 
 def seed_everything(seed: int) -> None:
@@ -97,6 +120,7 @@ class Trainer:
         self.standardizer = standardizer or {}
         self.writer = writer
         self.progress = progress
+        self.label = f"seed {seed}"  # the progress bars' name; run.py adds "(i of N)"
         self.device = resolve_device(cfg.device)
         self.autocast = bool(cfg.amp and self.device.type == "cuda")
         seed_everything(seed)
@@ -139,10 +163,11 @@ class Trainer:
         path = self.run_dir / "last.pt"
         if not path.exists():
             return False
-        ck = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
+        advice = f"delete {path} to train seed {self.seed} again from its start, or pass --overwrite"
+        ck = load_checkpoint(path, map_location=self.device, required=LAST_KEYS, advice=advice)
+        load_weights(self.model, ck["model"], path, advice)
+        load_weights(self.optimizer, ck["optimizer"], path, advice)
+        load_weights(self.scheduler, ck["scheduler"], path, advice)
         self.epoch, self.global_step = ck["epoch"], ck["global_step"]
         self.best_value, self.best_epoch, self.bad_epochs = ck["best_value"], ck["best_epoch"], ck["bad_epochs"]
         self.history = ck["history"]
@@ -154,10 +179,12 @@ class Trainer:
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
         for name, value in terms.items():
             if not torch.isfinite(value).all():
+                last = self.run_dir / "last.pt"
+                where = (f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else
+                         "no epoch finished, so there is no checkpoint to go back to")
                 raise NonFiniteLossError(
                     f"loss term '{name}' became {value.item()} at epoch {self.epoch + 1}, step "
-                    f"{self.global_step + 1} (seed {self.seed}); the last good checkpoint is "
-                    f"{self.run_dir / 'last.pt'}")
+                    f"{self.global_step + 1} (seed {self.seed}); {where}; try a lower --lr or --grad_clip")
 
     def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
         """Self-distillation term for the samples that lost a modality to train-time dropout; the
@@ -183,7 +210,7 @@ class Trainer:
         sums: dict[str, float] = {}
         diag_sums: dict[str, float] = {}
         n_batches = 0
-        bar = tqdm(loader, desc=f"seed {self.seed} epoch {self.epoch + 1}", leave=False,
+        bar = tqdm(loader, desc=f"{self.label} epoch {self.epoch + 1}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
         for batch in bar:
             b = len(batch["labels"])
@@ -237,7 +264,7 @@ class Trainer:
         cfg = self.cfg
         if self.epoch == 0 and not (self.run_dir / "best.pt").exists():
             self.save_best()  # so an early stop (or 0 epochs) still leaves a model to evaluate
-        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"seed {self.seed}", disable=not self.progress,
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=self.label, disable=not self.progress,
                    dynamic_ncols=True)
         while self.epoch < cfg.epochs:
             if cfg.patience and self.bad_epochs >= cfg.patience:
@@ -276,8 +303,10 @@ class Trainer:
 
     # ---- after training ---------------------------------------------------------------------
     def load_best(self) -> dict:
-        ck = load_checkpoint(self.run_dir / "best.pt", map_location=self.device)
-        self.model.load_state_dict(ck["model"])
+        path = self.run_dir / "best.pt"
+        advice = f"delete {path} and {path.with_name('last.pt')} to train seed {self.seed} again, or pass --overwrite"
+        ck = load_checkpoint(path, map_location=self.device, required=BEST_KEYS, advice=advice)
+        load_weights(self.model, ck["model"], path, advice)
         return ck
 
     def finish(self, splits: tuple[str, ...] = ("valid", "test")) -> dict:
@@ -290,26 +319,53 @@ class Trainer:
         self.load_best()
         cal = None
         if cfg.calibrate or cfg.calibrate_score:
+            log.info("%s: calibrating the best epoch (%d) on valid", self.label, self.best_epoch)
             cal = fit_calibration(self.model, self.data.splits["valid"], cfg.num_classes, cfg.batch_size,
                                   self.device, temperature=cfg.calibrate, score=cfg.calibrate_score)
         self.save_best(cal)
         # valid: the random-missing sweep and subsets (for tuning and best.json), uncalibrated (the
         # calibration was fitted on valid, so calibrated scores there would be inflated); test: everything
-        result: dict = {name: evaluate_split(self.model, self.data.splits[name], cfg.eval_missing_rates,
-                                             cfg.eval_frame_missing_rates if name == "test" else [],
-                                             cfg.batch_size, self.device, cfg.task, cfg.num_classes,
-                                             cal if name == "test" else None, self.autocast)
-                        for name in splits}
+        result: dict = {}
+        for name in splits:
+            split = self.data.splits[name]
+            frames = frame_rates_for(split, cfg.eval_frame_missing_rates) if name == "test" else []
+            log.info("%s: evaluating on %s (%d samples): %d missing rates, 7 subsets, %d frame rates", self.label,
+                     name, split.n, len(cfg.eval_missing_rates), len(frames))
+            result[name] = evaluate_split(self.model, split, cfg.eval_missing_rates, frames, cfg.batch_size,
+                                          self.device, cfg.task, cfg.num_classes, cal if name == "test" else None,
+                                          self.autocast)
         result.update(best_epoch=self.best_epoch, best_value=self.best_value,
                       calibration=None if cal is None else {k: v.tolist() for k, v in cal.state_dict().items()})
         return result
 
 
+def frame_rates_for(split, rates: list[float]) -> list[float]:
+    """``rates``, or none when every sequence of ``split`` has one step: frame-level erasure keeps
+    one step per sequence, so on length-1 data every rate would repeat the r = 0 row."""
+    return list(rates) if int(split.lengths.max()) > 1 else []
+
+
 def load_for_eval(path: Path, device: torch.device) -> tuple[nn.Module, Config, dict, Calibration, dict[str, int]]:
-    """Rebuild a model from a ``best.pt``: (model, config, standardizer state, calibration, dims)."""
-    ck = load_checkpoint(path, map_location=device)
-    cfg = Config.from_dict(ck["config"])
-    model = create_model(cfg.model, cfg, ck["dims"]).to(device)
-    model.load_state_dict(ck["model"])
+    """Rebuild a model from a ``best.pt``: (model, config, standardizer state, calibration, dims).
+
+    The model's weights go to ``device``; the standardizer and calibration stay on the host. A file
+    that is not a usable checkpoint raises CheckpointError naming it."""
+    advice = "point --checkpoint at a best.pt (or a run folder) written by a training run"
+    ck = load_checkpoint(path, map_location=device, required=BEST_KEYS, advice=advice)
+    try:
+        cfg = Config.from_dict(ck["config"])
+        dims = {m: int(ck["dims"][m]) for m in ("text", "audio", "vision")}
+        cal = Calibration.from_state_dict(ck.get("calibration"))
+        standardizer = dict(ck["standardizer"])
+        for m in ("text", "audio", "vision"):
+            for stat in ("mean", "std"):
+                if standardizer and tuple(standardizer[f"{m}.{stat}"].shape) != (dims[m],):
+                    raise ValueError(f"standardizer {m}.{stat} has shape {tuple(standardizer[f'{m}.{stat}'].shape)}, "
+                                     f"expected ({dims[m]},)")
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path} holds an unusable config, dims, standardizer or calibration ({err}); "
+                              f"{advice}") from err
+    model = create_model(cfg.model, cfg, dims).to(device)
+    load_weights(model, ck["model"], path, advice)
     model.eval()
-    return model, cfg, ck["standardizer"], Calibration.from_state_dict(ck.get("calibration")), dict(ck["dims"])
+    return model, cfg, standardizer, cal, dims
