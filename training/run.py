@@ -354,7 +354,7 @@ def eval_output_dir(cfg: Config, run_dir: Path, given: set[str] | None) -> Path:
         while held_run(out) or (out.exists() and not out.is_dir()):
             k += 1
             out = base.with_name(f"{base.name}_{k}")
-    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+    if out.resolve() == run_dir.resolve():
         raise OutputError(f"--output_dir {out} is the folder of the run being evaluated; --eval_only never "
                           f"writes there: choose another --output_dir (or leave it out for a new folder)")
     return out
