@@ -272,6 +272,7 @@ def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
     """
     out = Path(cfg.output_dir)
     check_model_name(cfg.model)
+    resolve_device(cfg.device)  # a card that is not there: refused before anything is loaded or written
     with run_lock(out):
         check_output_dir(cfg)
         if data is None:
