@@ -19,7 +19,7 @@ from torch import nn
 
 from datasets import MultimodalData, apply_presence, make_loader, rate_key, sample_presence
 from modules.losses import distillation_loss, kl_warmup, task_loss
-from modules.registry import create_model
+from modules.registry import available_models, create_model
 from training.calibration import Calibration, fit_calibration
 from training.checkpoint import (
     BEST_KEYS,
@@ -354,6 +354,8 @@ def load_for_eval(path: Path, device: torch.device) -> tuple[nn.Module, Config, 
     ck = load_checkpoint(path, map_location=device, required=BEST_KEYS, advice=advice)
     try:
         cfg = Config.from_dict(ck["config"])
+        if cfg.model not in available_models():
+            raise ValueError(f"unknown model {cfg.model!r}")
         dims = {m: int(ck["dims"][m]) for m in ("text", "audio", "vision")}
         cal = Calibration.from_state_dict(ck.get("calibration"))
         standardizer = dict(ck["standardizer"])
