@@ -1,7 +1,8 @@
 """``python -m report OUT_A OUT_B ... --output DIR [--names A B ...]``.
 
 Reads each run folder's metrics.json and writes DIR/comparison.md, comparison.csv,
-comparison.png and comparison.json. Errors print one line and exit with status 1.
+comparison.png and comparison.json (and comparison_probability.csv: Brier, NLL, ECE of P(positive),
+when every run reports them). Errors print one line and exit with status 1.
 """
 
 from __future__ import annotations

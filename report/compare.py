@@ -1,8 +1,11 @@
 """Compare several runs' ``metrics.json``: one table, one figure, AUILC per run.
 
 Columns are Acc-2 and F1 (non-0) at every random modality-missing rate and every fixed subset,
-mean ± std over each run's seeds, plus AUILC. The best run per column is marked (bold in
-Markdown, ``best = True`` in the CSV); ties are all marked.
+mean ± std over each run's seeds, plus AUILC; then Brier, NLL and ECE of P(positive) (lower is
+better; ECE with its calibrated-twin 90% band) when every run reports them. A run that carries a
+deep ensemble of its seeds gets a second row, ``NAME (ensemble)``, scored as one prediction (no
+std; never mixed into the seeds' mean). The best row per column is marked (bold in Markdown,
+``best = True`` in the CSV); ties are all marked.
 
 AUILC (area under the indicator-vs-missing-rate curve) is the trapezoid integral of a run's mean
 Acc-2 (non-0) over the compared rates divided by the rate span (max - min), so it reads as a mean
@@ -30,6 +33,8 @@ import pandas as pd
 from training.report import write_json_atomic
 
 METRICS = {"acc2_non0": "Acc-2", "f1_non0": "F1"}
+PROB_METRICS = {"brier": "Brier", "nll": "NLL", "ece": "ECE"}  # lower is better
+TWIN = ("ece_twin_lo", "ece_twin_hi")
 AUILC_NOTE = ("AUILC: trapezoid area under the mean Acc-2 (non-0) vs missing-rate curve over the compared rates, "
               "divided by the rate span, so it reads as a mean accuracy over the interval.")
 
@@ -47,6 +52,8 @@ class Run:
     results: dict  # section -> key -> metric -> mean
     std: dict  # section -> key -> metric -> std
     data: dict  # what identifies the data: {"data": source, "test n": int, "test ids": digest}; None = unknown
+    prediction: str = ""  # which predictions the run's metrics use
+    ensemble: bool = False  # one prediction: the deep ensemble of the seeds
 
 
 def _section(obj: dict, name: str, where: str, required: bool) -> dict:
@@ -85,12 +92,13 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
                 [float(k) for k in res]
             except ValueError:
                 raise ReportError(f"{file} is malformed: missing-rate keys {list(res)} are not numbers") from None
-        results[section] = {k: {mt: float(v[mt]) for mt in METRICS} for k, v in res.items()}
-        std[section] = {k: {mt: float(sd[k][mt]) for mt in METRICS} for k in res}
+        results[section] = {k: {mt: float(v[mt]) for mt in (*METRICS, *_optional(v))} for k, v in res.items()}
+        std[section] = {k: {mt: float(sd[k][mt]) for mt in (*METRICS, *_optional(sd[k]))} for k in res}
     cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
     seeds = m.get("seeds") or cfg.get("seeds") or []
     label = name or (path.parent.name if path.is_file() else path.resolve().name)
-    return Run(label, path, list(seeds), str(cfg.get("model", "?")), results, std, data_identity(m))
+    return Run(label, path, list(seeds), str(cfg.get("model", "?")), results, std, data_identity(m),
+               str(m.get("prediction", "")))
 
 
 def data_identity(m: dict) -> dict:
@@ -116,6 +124,36 @@ def check_same_data(runs: list[Run]) -> None:
     if diffs:
         warnings.warn(f"the runs used different data ({'; '.join(diffs)}); their numbers are not measured on the "
                       "same samples", stacklevel=2)
+
+
+def _optional(vals: dict) -> tuple[str, ...]:
+    """The probability scores (and ECE's twin band) present as finite numbers in ``vals``."""
+    keys = (*PROB_METRICS, *TWIN)
+    ok = all(isinstance(vals.get(k), (int, float)) and math.isfinite(vals[k]) for k in keys)
+    return keys if ok else ()
+
+
+def ensemble_run(run: Run, path: Path) -> Run | None:
+    """The deep-ensemble row of ``run`` (its metrics.json ``ensemble``), or None."""
+    file = path if path.is_file() else path / "metrics.json"
+    ens = json.loads(file.read_text()).get("ensemble")
+    if not isinstance(ens, dict):
+        return None
+    try:
+        results = {s: {k: {mt: float(v[mt]) for mt in (*METRICS, *_optional(v))} for k, v in ens[s].items()}
+                   for s in ("missing_rate", "subsets")}
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ReportError(f"{file} is malformed: ensemble: {err}") from None
+    nan = {s: {k: dict.fromkeys(v, float("nan")) for k, v in sec.items()} for s, sec in results.items()}
+    return Run(f"{run.name} (ensemble)", run.path, run.seeds, run.model, results, nan, run.data, run.prediction,
+               True)
+
+
+def probability_metrics(runs: list[Run], rates: list[str], subsets: list[str]) -> list[str]:
+    """The probability scores every run reports at every compared rate and subset."""
+    have = all(set(PROB_METRICS) <= set(r.results[s][k]) for r in runs
+               for s, keys in (("missing_rate", rates), ("subsets", subsets)) for k in keys)
+    return list(PROB_METRICS) if have else []
 
 
 def common_keys(runs: list[Run]) -> tuple[list[str], list[str]]:
@@ -149,36 +187,48 @@ def auilc(rates: list[str], values: list[float]) -> float:
     return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / (x[-1] - x[0]))
 
 
-def comparison_frame(runs: list[Run], rates: list[str], subsets: list[str]) -> pd.DataFrame:
-    """Tidy table: one row per (run, section, key, metric) with mean, std and the best flag."""
+def comparison_frame(runs: list[Run], rates: list[str], subsets: list[str],
+                     metrics: list[str] | None = None) -> pd.DataFrame:
+    """Tidy table: one row per (run, section, key, metric) with mean, std and the best flag;
+    ``ensemble`` marks a run's deep-ensemble row. Default: Acc-2/F1 (highest is best) plus AUILC;
+    ``metrics`` from ``PROB_METRICS``: those (lowest is best, ECE with its twin band), no AUILC."""
+    prob = metrics is not None
     rows = []
     for r in runs:
         for section, keys in (("missing_rate", rates), ("subsets", subsets)):
             for key in keys:
-                for metric in METRICS:
-                    rows.append({"run": r.name, "model": r.model, "n_seeds": len(r.seeds), "section": section,
-                                 "key": key, "metric": metric, "mean": r.results[section][key][metric],
-                                 "std": r.std[section][key][metric]})
-        for metric in METRICS:
+                for metric in metrics or METRICS:
+                    vals = r.results[section][key]
+                    rows.append({"run": r.name, "model": r.model, "n_seeds": len(r.seeds), "ensemble": r.ensemble,
+                                 "section": section, "key": key, "metric": metric, "mean": vals[metric],
+                                 "std": r.std[section][key][metric],
+                                 **({"twin_lo": vals[TWIN[0]], "twin_hi": vals[TWIN[1]]} if metric == "ece" else {})})
+        for metric in () if prob else METRICS:
             rows.append({"run": r.name, "model": r.model, "n_seeds": len(r.seeds), "section": "auilc",
                          "key": f"{rates[0]}-{rates[-1]}", "metric": metric,
                          "mean": auilc(rates, [r.results["missing_rate"][k][metric] for k in rates]),
-                         "std": float("nan")})
+                         "std": float("nan"), "ensemble": r.ensemble})
     df = pd.DataFrame(rows)
-    col_best = df.groupby(["section", "key", "metric"])["mean"].transform("max")
+    col_best = df.groupby(["section", "key", "metric"])["mean"].transform("min" if prob else "max")
     df["best"] = np.isclose(df["mean"], col_best, rtol=0.0, atol=1e-12)
     return df
 
 
-def _cell(mean: float, std: float, best: bool, n_seeds: int) -> str:
-    text = f"{100 * mean:.1f}"
+def _cell(mean: float, std: float, best: bool, n_seeds: int, scale: float = 100.0, digits: int = 1) -> str:
+    text = f"{scale * mean:.{digits}f}"
     if n_seeds > 1 and math.isfinite(std):
-        text += f" ± {100 * std:.1f}"
+        text += f" ± {scale * std:.{digits}f}"
     return f"**{text}**" if best else text
 
 
-def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets: list[str]) -> str:
-    """One Markdown table per metric: runs as rows; rates, subsets and AUILC as columns (in %)."""
+def _seeds(r: Run) -> str:
+    return f"{len(r.seeds)} (ensemble)" if r.ensemble else str(len(r.seeds))
+
+
+def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets: list[str],
+                   prob: pd.DataFrame | None = None) -> str:
+    """One Markdown table per metric: runs as rows; rates, subsets and AUILC as columns (in %); then
+    one per probability score of ``prob`` (a ``comparison_frame`` of ``PROB_METRICS``)."""
     lines = []
     for metric, label in METRICS.items():
         cols = ([("missing_rate", k, f"p={k}") for k in rates] + [("subsets", k, k) for k in subsets]
@@ -189,30 +239,50 @@ def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets:
         sel = df[df["metric"] == metric].set_index(["run", "section", "key"])
         for r in runs:
             cells = [_cell(*sel.loc[(r.name, s, k), ["mean", "std", "best"]], len(r.seeds)) for s, k, _ in cols]
-            lines.append(f"| {r.name} | {r.model} | {len(r.seeds)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {r.name} | {r.model} | {_seeds(r)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for metric in [m for m in PROB_METRICS if prob is not None and m in set(prob["metric"])]:
+        cols = [("missing_rate", k, f"p={k}") for k in rates] + [("subsets", k, k) for k in subsets]
+        twin = "; [calibrated-twin 90% band]" if metric == "ece" else ""
+        lines += [f"### {PROB_METRICS[metric]} of P(positive) (non-0), lower is better — mean ± std over seeds"
+                  f"{twin}; best per column in bold", "",
+                  "| run | model | seeds | " + " | ".join(c[2] for c in cols) + " |",
+                  "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
+        sel = prob[prob["metric"] == metric].set_index(["run", "section", "key"])
+        for r in runs:
+            cells = []
+            for s, k, _ in cols:
+                row = sel.loc[(r.name, s, k)]
+                cell = _cell(row["mean"], row["std"], row["best"], len(r.seeds), 1.0, 3 if metric == "ece" else 4)
+                cells.append(cell + (f" [{row['twin_lo']:.3f}, {row['twin_hi']:.3f}]" if metric == "ece" else ""))
+            lines.append(f"| {r.name} | {r.model} | {_seeds(r)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("p: random modality-missing rate (test split); T, A, V, ...: the modalities present. AUILC: "
                  "trapezoid area under the table's metric vs missing-rate curve over the compared rates, divided "
-                 "by the rate span, so it reads as a mean over the interval.")
+                 "by the rate span, so it reads as a mean over the interval. (ensemble): the deep ensemble of "
+                 "the run's seeds, one prediction.")
+    notes = sorted({r.prediction for r in runs if r.prediction and not r.ensemble})
+    for n in notes:
+        who = [r.name for r in runs if r.prediction == n and not r.ensemble]
+        lines.append(f"Predictions: {n}" + ("" if len(notes) == 1 else f" ({', '.join(who)})"))
     return "\n".join(lines) + "\n"
 
 
 def plot_comparison(runs: list[Run], rates: list[str], path: Path) -> None:
     """Acc-2 and F1 (non-0) against missing rate, one line per run, bands of ± one seed std."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     x = np.array([float(k) for k in rates])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharex=True)
     for ax, (metric, label) in zip(axes, METRICS.items()):
         for r in runs:
             y = 100 * np.array([r.results["missing_rate"][k][metric] for k in rates])
             e = 100 * np.array([r.std["missing_rate"][k][metric] for k in rates])
             au = 100 * auilc(rates, y / 100)
             (line,) = ax.plot(x, y, marker="o", label=f"{r.name} (AUILC {au:.1f})")
-            ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.2, linewidth=0)
+            if np.isfinite(e).all():
+                ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel("modality missing rate p")
         ax.set_ylabel(f"{label} non-0 (%)")
         ax.set_title(f"{label} (non-0); bands: ± std over seeds")
@@ -220,7 +290,6 @@ def plot_comparison(runs: list[Run], rates: list[str], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def compare(paths: list[str | Path], output: str | Path, names: list[str] | None = None) -> dict:
@@ -230,6 +299,7 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     if names is not None and len(names) != len(paths):
         raise ReportError(f"--names has {len(names)} name(s) for {len(paths)} run(s)")
     runs = [load_run(p, n) for p, n in zip(paths, names or [None] * len(paths))]
+    runs = [x for r in runs for x in (r, ensemble_run(r, r.path)) if x is not None]
     seen: dict[str, int] = {}
     for r in runs:  # two folders with the same base name get a suffix
         seen[r.name] = seen.get(r.name, 0) + 1
@@ -241,7 +311,11 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     out.mkdir(parents=True, exist_ok=True)
     df = comparison_frame(runs, rates, subsets)
     df.to_csv(out / "comparison.csv", index=False)
-    table = markdown_table(df, runs, rates, subsets)
+    prob_metrics = probability_metrics(runs, rates, subsets)
+    prob = comparison_frame(runs, rates, subsets, prob_metrics) if prob_metrics else None
+    if prob is not None:
+        prob.to_csv(out / "comparison_probability.csv", index=False)
+    table = markdown_table(df, runs, rates, subsets, prob)
     (out / "comparison.md").write_text(table)
     plot_comparison(runs, rates, out / "comparison.png")
     au = df[df["section"] == "auilc"]
@@ -250,11 +324,13 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
         "rates": [float(k) for k in rates],
         "subsets": subsets,
         "runs": [{"name": r.name, "path": str(r.path), "model": r.model, "seeds": r.seeds, "data": r.data,
+                  "ensemble": r.ensemble,
                   "auilc": {m: float(au[(au["run"] == r.name) & (au["metric"] == m)]["mean"].iloc[0])
                             for m in METRICS}} for r in runs],
         "best": {},
     }
-    for row in df[df["best"]].itertuples():
+    for row in pd.concat([df, prob])[lambda d: d["best"]].itertuples() if prob is not None else \
+            df[df["best"]].itertuples():
         summary["best"].setdefault(f"{row.section}/{row.key}/{row.metric}", []).append(row.run)
     write_json_atomic(summary, out / "comparison.json")
-    return {"table": table, "summary": summary, "frame": df}
+    return {"table": table, "summary": summary, "frame": df, "probability_frame": prob}

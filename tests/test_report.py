@@ -210,3 +210,49 @@ def test_report_warns_when_runs_used_different_data(tmp_path, close_rates_run):
     assert "a mosi.pkl, c other.pkl" in msg and "test n: a 686, c 425" in msg
     r = run_cli(str(tmp_path / "a"), str(close_rates_run), "--output", str(tmp_path / "o3"))
     assert r.returncode == 0 and "warning: the runs used different data" in r.stderr
+
+
+def test_figures_and_table_use_the_tables_prediction(real_run):
+    """Risk-coverage at full coverage is the table's Acc-2; every artefact names its prediction."""
+    from training.report import decision_confidence, risk_coverage
+
+    m = json.loads((real_run / "metrics.json").read_text())
+    z = dict(np.load(real_run / "predictions.npz"))
+    assert "Brier/NLL/ECE: P(positive)" in m["prediction"]
+    for i, key in enumerate(["0.0", "0.3", "0.5"]):
+        _, acc = risk_coverage(*decision_confidence(z, i))
+        assert acc[-1] == pytest.approx(m["results"]["missing_rate"][key]["acc2_non0"], abs=1e-9)
+        if key in m["risk_coverage"]:
+            assert m["risk_coverage"][key]["acc_at_1.0"] == pytest.approx(acc[-1])
+    csv = pd.read_csv(real_run / "results.csv", dtype={"key": str})
+    row = csv[(csv.section == "missing_rate") & (csv.key == "0.5")].iloc[0]
+    assert row["brier"] == pytest.approx(m["results"]["missing_rate"]["0.5"]["brier"])
+    assert row["ece_twin_lo"] <= row["ece_twin_mean"] <= row["ece_twin_hi"]
+
+
+def test_comparison_shows_probability_scores_and_ensemble_rows(tmp_path, real_run):
+    fake_metrics(tmp_path / "a", 0)
+    ens = fake_metrics(tmp_path / "b", 1)
+    ens["ensemble"] = {s: {k: dict(v) for k, v in ens["results"][s].items()} for s in ("missing_rate", "subsets")}
+    ens["ensemble"]["missing_rate"]["0.3"]["brier"] = 0.01  # the lowest Brier at p=0.3
+    (tmp_path / "b" / "metrics.json").write_text(json.dumps(ens))
+    res = compare([tmp_path / "a", tmp_path / "b"], tmp_path / "cmp")
+    df = res["probability_frame"]
+    assert set(df.run) == {"a", "b", "b (ensemble)"}
+    assert (tmp_path / "cmp" / "comparison_probability.csv").stat().st_size > 0
+    best = df[(df.section == "missing_rate") & (df.key == "0.3") & (df.metric == "brier") & df.best]
+    assert best.run.tolist() == ["b (ensemble)"]  # lower is better for probability scores
+    seeds = df[(df.run == "b") & (df.metric == "brier") & (df.key == "0.3")]
+    assert seeds["mean"].iloc[0] == pytest.approx(ens["results"]["missing_rate"]["0.3"]["brier"])  # not mixed
+    md = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "### Brier of P(positive)" in md and "| b (ensemble) |" in md and "3 (ensemble)" in md
+    # a metrics.json from before the probability scores is still compared, on Acc-2/F1 only
+    old = fake_metrics(tmp_path / "old", 2)
+    for sec in ("results", "std"):
+        for block in old[sec].values():
+            for vals in block.values():
+                for k in [k for k in vals if k.startswith(("brier", "nll", "ece"))]:
+                    del vals[k]
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
+    res = compare([tmp_path / "a", tmp_path / "old"], tmp_path / "cmp2")
+    assert res["probability_frame"] is None and set(res["frame"].metric) == {"acc2_non0", "f1_non0"}

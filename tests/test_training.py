@@ -22,6 +22,7 @@ from training.cli import main
 INTERFACES = ROOT.parent / "shared" / "spec" / "INTERFACES.md"
 SECTIONS = ("missing_rate", "frame_missing_rate", "subsets")
 METRICS = {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece"}
+PROBABILITY_FIELDS = {"brier", "nll", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi"}  # extra fields (INTERFACES)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ def test_artefacts_follow_the_documented_schema(finished_run):
     assert list(m["results"]["subsets"]) == ["T", "A", "V", "TA", "TV", "AV", "TAV"]
     for section in SECTIONS:
         for key, vals in m["results"][section].items():
-            assert METRICS <= set(vals), (section, key)  # rows may carry more (acc5, n): INTERFACES.md
-            assert METRICS <= set(m["std"][section][key])
+            assert METRICS | PROBABILITY_FIELDS <= set(vals), (section, key)  # rows may carry more (acc5, n)
+            assert METRICS | PROBABILITY_FIELDS <= set(m["std"][section][key])
             for name in ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "acc7", "ece"):
                 assert 0.0 <= vals[name] <= 1.0
     assert set(m["results"]["mean_over_rates"]) == {"missing_rate", "frame_missing_rate"}

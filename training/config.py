@@ -169,6 +169,14 @@ class Config:
     calibrate_score: bool = _f(True, "per-presence-pattern affine correction (a >= 0) of the score, fitted on "
                                "valid: shrinks patterns that carry no signal on new videos toward the prior",
                                group="eval", kind="switch search")
+    probability: str = _f("class", "the reported P(positive) (Brier, NLL, ECE, calibration.png, risk-coverage): "
+                          "'score' = Platt map of the score per presence pattern shrunk toward the pooled fit, "
+                          "'class' = class head with per-pattern temperature, 'blend' = their mix with a "
+                          "weight fitted on valid (needs --calibrate or --calibrate_score; else the raw "
+                          "class head)", ["score", "class", "blend"], group="eval")
+    ensemble: bool = _f(True, "with several seeds, also report the deep ensemble (mean of the seeds' "
+                        "calibrated scores and P(positive)) as its own section, never mixed into mean ± std",
+                        group="eval", kind="resumable")
     # ---- run --------------------------------------------------------------------------------
     output_dir: str | None = _f(None, "where every artefact goes (default: a new folder "
                                 "runs/<model>_<data>_<YYYYmmdd-HHMMSS>, linked as runs/latest)",

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from datasets import SUBSETS, Split, frame_missing, make_loader, modality_masks, rate_key, subset_masks
-from training.metrics import mean_std, sentiment_metrics
+from training.metrics import mean_std, positive_probability, sentiment_metrics
 
 ROBUST_RATES = (0.0, 0.3, 0.5, 0.7)
 # The one table of objectives, read by --select_metric and tune.py --objective:
@@ -94,6 +94,28 @@ def predictions(fused: Fused, task: str, num_classes: int, presence: np.ndarray 
     return probs @ centres, probs
 
 
+def positive_scores(fused: Fused, presence: np.ndarray, calibration=None) -> np.ndarray:
+    """The reported P(positive) ``(N,)`` (float64): ``calibration``'s source (``Calibration.source``:
+    Platt map of the score, tempered class head or their blend), or the raw class head without one."""
+    if calibration is None:
+        return positive_probability(softmax(fused.logits))
+    return calibration.positive_probability(fused.score, fused.logits, presence)
+
+
+def prediction_note(task: str, calibration=None) -> str:
+    """One line naming the predictions a report uses (decisions/errors and P(positive))."""
+    decision = "score head" if task == "regression" else "class head's expected value"
+    if calibration is None:
+        prob = "softmax of the class head (uncalibrated)"
+    else:
+        prob = {"score": "Platt map of the score per presence pattern",
+                "class": "class head with per-pattern temperature",
+                "blend": f"blend {calibration.blend:.2f} x Platt(score) + {1 - calibration.blend:.2f} x tempered "
+                         f"class head"}[calibration.source]
+    cal = "" if calibration is None else " (calibrated on valid)"
+    return f"Acc/F1/MAE/Corr: {decision}{cal}; Brier/NLL/ECE: P(positive) = {prob}"
+
+
 def validation_score(model: nn.Module, split: Split, metric: str, batch_size: int,
                      device: torch.device, task: str, num_classes: int) -> tuple[float, dict]:
     """The objective ``metric`` (a name of ``OBJECTIVES``) on valid, higher is better (MAE and ECE
@@ -128,39 +150,57 @@ def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rat
     """
     states = encode_split(model, split, batch_size, device, autocast)
     out: dict = {"missing_rate": {}, "frame_missing_rate": {}, "subsets": {}}
-    preds_r, probs_r, masks_r, weights_r = [], [], [], []
+    preds_r, probs_r, p_pos_r, masks_r, weights_r = [], [], [], [], []
 
-    def run(presence: np.ndarray, st: dict) -> tuple[np.ndarray, np.ndarray, dict, Fused]:
+    def run(presence: np.ndarray, st: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, Fused]:
         fused = fuse_split(model, st, presence, device, autocast=autocast)
         preds, probs = predictions(fused, task, num_classes, presence, calibration)
-        return preds, probs, sentiment_metrics(preds, split.labels, probs), fused
+        p_pos = positive_scores(fused, presence, calibration)
+        return preds, probs, p_pos, sentiment_metrics(preds, split.labels, p_pos=p_pos), fused
 
     for p in rates:
         masks = modality_masks(split.n, p)
-        preds, probs, m, fused = run(masks, states)
+        preds, probs, p_pos, m, fused = run(masks, states)
         out["missing_rate"][rate_key(p)] = m
         preds_r.append(preds)
         probs_r.append(probs)
+        p_pos_r.append(p_pos)
         masks_r.append(masks)
         if fused.weights is not None:
             weights_r.append(fused.weights)
-    subset_preds = []
+    subset_preds, subset_p_pos = [], []
     for name in SUBSETS:
-        preds, _, m, _ = run(subset_masks(split.n, name), states)
+        preds, _, p_pos, m, _ = run(subset_masks(split.n, name), states)
         out["subsets"][name] = m
         subset_preds.append(preds)
+        subset_p_pos.append(p_pos)
     full = np.ones((split.n, 3), dtype=bool)
     for r in frame_rates:
         st = states if r == 0 else encode_split(model, frame_missing(split, r), batch_size, device, autocast)
-        out["frame_missing_rate"][rate_key(r)] = run(full, st)[2]
+        out["frame_missing_rate"][rate_key(r)] = run(full, st)[3]
     out["arrays"] = {
         "preds": np.stack(preds_r).astype(np.float32),
         "probs": np.stack(probs_r).astype(np.float32),
+        "p_pos": np.stack(p_pos_r),
         "masks": np.stack(masks_r),
         "subset_preds": np.stack(subset_preds).astype(np.float32),
+        "subset_p_pos": np.stack(subset_p_pos),
     }
     if weights_r:
         out["arrays"]["fusion_weights"] = np.stack(weights_r).astype(np.float32)
+    return out
+
+
+def ensemble(per_seed: list[dict], labels: np.ndarray) -> dict:
+    """The deep ensemble of the seeds: one prediction whose score and P(positive) are the means of the
+    seeds' (calibrated) ones, scored per missing rate and subset, plus ``mean_over_rates``."""
+    out: dict = {"missing_rate": {}, "subsets": {}}
+    for section, preds, p_pos in (("missing_rate", "preds", "p_pos"), ("subsets", "subset_preds", "subset_p_pos")):
+        for i, key in enumerate(per_seed[0][section]):
+            out[section][key] = sentiment_metrics(
+                np.mean([r["arrays"][preds][i] for r in per_seed], axis=0), labels,
+                p_pos=np.mean([r["arrays"][p_pos][i] for r in per_seed], axis=0))
+    out["mean_over_rates"] = {"missing_rate": mean_std(list(out["missing_rate"].values()))[0]}
     return out
 
 

@@ -1,21 +1,26 @@
-"""Sentiment metrics with MMSA's definitions (scikit-learn underneath) and top-label ECE.
+"""Sentiment metrics with MMSA's definitions (scikit-learn underneath), proper scores and top-label ECE.
 
 has-0: ``pred >= 0`` vs ``label >= 0`` over every sample.
 non-0: only samples with ``label != 0``; ``pred > 0`` vs ``label > 0``.
 F1 is weighted F1. Acc-7 compares values rounded after clipping to [-3, 3]; Acc-5 (MMSA's
 ``Mult_acc_5``) after clipping to [-2, 2]. Every result also carries its sample counts ``n`` and
 ``n_non0`` (ints, ``COUNT_NAMES``).
-ECE is the top-label expected calibration error (10 equal-width bins) of P(positive) on the
-binary non-0 task.
+Brier and NLL are the proper scores of P(positive) on the binary non-0 task (lower is better).
+ECE is the top-label expected calibration error (10 equal-width bins) of the same P(positive),
+read against its calibrated-twin band: the ECE a perfectly calibrated predictor with the same
+confidences shows by chance (mean and 90% interval over seeded simulations).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error
+from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, mean_absolute_error
 
-METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece", "acc5")
+METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece", "acc5",
+                "brier", "nll", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi")
 COUNT_NAMES = ("n", "n_non0")  # samples a result was computed on (all, label != 0); no spread over seeds
+ECE_BINS = 10
+TWIN_SIMULATIONS = 1000
 
 
 def positive_probability(probs: np.ndarray) -> np.ndarray:
@@ -34,26 +39,68 @@ def positive_probability(probs: np.ndarray) -> np.ndarray:
     return pos / np.clip(neg + pos, 1e-12, None)
 
 
-def ece_score(p_pos: np.ndarray, positive: np.ndarray, n_bins: int = 10) -> float:
+def confidence_bins(conf: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin index of each confidence in ``n_bins`` equal-width bins of [0, 1] (1.0 joins the last)."""
+    return np.minimum((np.asarray(conf, dtype=np.float64) * n_bins).astype(int), n_bins - 1)
+
+
+def _ece_rows(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> np.ndarray:
+    """ECE of every row of ``correct (S, N)`` against the confidences ``conf (N,)``."""
+    onehot = np.eye(n_bins)[confidence_bins(conf, n_bins)]  # (N, B)
+    counts = onehot.sum(0)
+    gap = np.abs(correct.astype(np.float64) @ onehot - conf @ onehot)  # per-bin |hits - sum of conf|
+    return gap.sum(1) / max(len(conf), 1) if counts.any() else np.zeros(len(correct))
+
+
+def ece_score(p_pos: np.ndarray, positive: np.ndarray, n_bins: int = ECE_BINS) -> float:
     """Top-label ECE of binary predictions: confidence max(p, 1-p) in ``n_bins`` equal-width bins."""
     p_pos = np.asarray(p_pos, dtype=np.float64)
-    positive = np.asarray(positive, dtype=bool)
     if len(p_pos) == 0:
         return 0.0
+    correct = (p_pos >= 0.5) == np.asarray(positive, dtype=bool)
+    return float(_ece_rows(np.maximum(p_pos, 1.0 - p_pos), correct[None], n_bins)[0])
+
+
+def calibrated_twin(conf: np.ndarray, n_sims: int = TWIN_SIMULATIONS, seed: int = 0) -> np.ndarray:
+    """``(n_sims, N)`` bool: the hits of a perfectly calibrated predictor with confidences ``conf (N,)``
+    (each prediction correct with probability its confidence), seeded."""
+    conf = np.asarray(conf, dtype=np.float64)
+    return np.random.default_rng(seed).random((n_sims, len(conf))) < conf
+
+
+def ece_twin_band(p_pos: np.ndarray, n_bins: int = ECE_BINS, n_sims: int = TWIN_SIMULATIONS,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 5th, 95th percentile) of the ECE of the calibrated twin of ``p_pos``."""
+    p_pos = np.asarray(p_pos, dtype=np.float64)
+    if len(p_pos) == 0:
+        return 0.0, 0.0, 0.0
     conf = np.maximum(p_pos, 1.0 - p_pos)
-    correct = (p_pos >= 0.5) == positive
-    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in np.unique(bins):
-        sel = bins == b
-        ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
+    eces = _ece_rows(conf, calibrated_twin(conf, n_sims, seed), n_bins)
+    lo, hi = np.quantile(eces, [0.05, 0.95])
+    return float(eces.mean()), float(lo), float(hi)
 
 
-def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray | None = None) -> dict:
-    """Every metric of ``METRIC_NAMES`` and the counts ``COUNT_NAMES`` for ``preds (N,)`` against ``labels (N,)``.
+def probability_scores(p_pos: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """Brier, NLL, ECE and ECE's calibrated-twin band of ``p_pos (N,)`` against ``positive (N,)``."""
+    p_pos = np.clip(np.asarray(p_pos, dtype=np.float64), 0.0, 1.0)
+    positive = np.asarray(positive, dtype=bool)
+    if len(p_pos) == 0:
+        raise ValueError("no non-0 samples to score probabilities on")
+    twin = ece_twin_band(p_pos)
+    return {"brier": float(brier_score_loss(positive, p_pos, pos_label=True)),
+            "nll": float(log_loss(positive, p_pos, labels=[False, True])),
+            "ece": ece_score(p_pos, positive),
+            "ece_twin_mean": twin[0], "ece_twin_lo": twin[1], "ece_twin_hi": twin[2]}
 
-    ``probs (N, C)`` are the classification head's probabilities for ECE (0.0 when absent).
+
+def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray | None = None,
+                      p_pos: np.ndarray | None = None) -> dict:
+    """Every metric of ``METRIC_NAMES`` and the counts ``COUNT_NAMES`` for ``preds (N,)`` against
+    ``labels (N,)``.
+
+    The probability scores (Brier, NLL, ECE and its band) use ``p_pos (N,)`` = P(positive), or the
+    class probabilities ``probs (N, C)`` when it is not given (all 0.0 when neither is, or no
+    label is non-0).
     """
     preds = np.asarray(preds, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
@@ -71,10 +118,15 @@ def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray |
         # A constant prediction has no correlation; report 0 rather than NaN (JSON has no NaN).
         "corr": float(np.corrcoef(preds, labels)[0, 1]) if preds.std() > 0 and labels.std() > 0 else 0.0,
         "acc7": accuracy_score(np.round(np.clip(labels, -3, 3)), np.round(np.clip(preds, -3, 3))),
-        "ece": ece_score(positive_probability(probs)[non0], labels[non0] > 0) if probs is not None else 0.0,
         "acc5": accuracy_score(np.round(np.clip(labels, -2, 2)), np.round(np.clip(preds, -2, 2))),
     }
-    return {**{k: float(v) for k, v in out.items()}, "n": int(len(labels)), "n_non0": int(non0.sum())}
+    if p_pos is None and probs is not None:
+        p_pos = positive_probability(probs)
+    if p_pos is not None and non0.any():
+        out.update(probability_scores(np.asarray(p_pos).reshape(-1)[non0], labels[non0] > 0))
+    else:
+        out.update({k: 0.0 for k in METRIC_NAMES if k not in out})
+    return {**{k: float(out[k]) for k in METRIC_NAMES}, "n": int(len(labels)), "n_non0": int(non0.sum())}
 
 
 def mean_std(per_seed: list[dict]) -> tuple[dict, dict]:

@@ -1,5 +1,12 @@
 """What a run leaves behind: the printed table, ``metrics.json``, ``results.csv``,
-``predictions.npz`` and the plots ``missing_rates.png``, ``calibration.png``, ``risk_coverage.png``."""
+``predictions.npz`` and the plots ``missing_rates.png``, ``calibration.png``, ``risk_coverage.png``.
+
+Every table and figure names the prediction it uses (``metrics["prediction"]``): decisions and
+errors come from the reported score, Brier/NLL/ECE from the reported P(positive); the
+risk-coverage curve keeps the table's decisions (so at full coverage it is the table's Acc-2) and
+ranks them by the P(positive) of the decided class; ``calibration.png`` shows that P(positive).
+Figures use matplotlib's object-oriented ``Figure`` (no pyplot, no backend switching).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,23 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from datasets import SUBSETS, rate_key
-from training.metrics import COUNT_NAMES, METRIC_NAMES, positive_probability
+from training.metrics import (
+    COUNT_NAMES,
+    ECE_BINS,
+    METRIC_NAMES,
+    calibrated_twin,
+    confidence_bins,
+    ece_score,
+    ece_twin_band,
+    positive_probability,
+)
 
-TABLE_METRICS = ("acc2_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc5", "acc7", "ece")
+TABLE_METRICS = ("acc2_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc5", "acc7", "brier", "nll", "ece")
+TWIN_COLUMN = "ece twin 90%"
+ENSEMBLE_SECTIONS = (("missing_rate", "modality missing rate p"), ("subsets", "modalities present"))
 
 
 def write_json_atomic(obj: dict, path: Path) -> None:
@@ -27,53 +46,85 @@ def write_json_atomic(obj: dict, path: Path) -> None:
         tmp.unlink(missing_ok=True)  # a failed write (disk full) leaves no stray file
 
 
-def results_frame(results: dict, std: dict) -> pd.DataFrame:
-    """One row per (section, key): its sample counts, every metric's mean and std over seeds."""
+def results_frame(results: dict, std: dict, ensemble: dict | None = None) -> pd.DataFrame:
+    """One row per (section, key): its sample counts, every metric's mean and std over seeds; the deep
+    ensemble's rows (``section`` ``ensemble_missing_rate`` / ``ensemble_subsets``, one prediction: std
+    empty)."""
     rows = []
     for section in ("missing_rate", "frame_missing_rate", "subsets"):
         for key, mean in results.get(section, {}).items():
             row = {"section": section, "key": key, **{c: mean.get(c) for c in COUNT_NAMES}}
             for m in METRIC_NAMES:
-                row[m] = mean[m]
-                row[f"{m}_std"] = std[section][key][m]
+                row[m] = mean.get(m, np.nan)
+                row[f"{m}_std"] = std[section][key].get(m, np.nan)
             rows.append(row)
+    for section, _ in ENSEMBLE_SECTIONS if ensemble else ():
+        for key, vals in ensemble[section].items():
+            rows.append({"section": f"ensemble_{section}", "key": key, **{c: vals.get(c) for c in COUNT_NAMES},
+                         **{k: v for m in METRIC_NAMES for k, v in ((m, vals[m]), (f"{m}_std", np.nan))}})
     return pd.DataFrame(rows)
 
 
-def format_table(results: dict, std: dict, n_seeds: int) -> str:
-    """The printed table: random missing rates, subsets, frame-level rates; mean ± std in %."""
-    def cell(section: str, key: str, m: str) -> str:
-        mean, sd = results[section][key][m], std[section][key][m]
-        if m in ("mae", "corr", "ece"):
-            return f"{mean:.3f}±{sd:.3f}" if n_seeds > 1 else f"{mean:.3f}"
-        return f"{100 * mean:.1f}±{100 * sd:.1f}" if n_seeds > 1 else f"{100 * mean:.1f}"
+def _cell(mean: float, sd: float | None, m: str) -> str:
+    if m in ("mae", "corr", "ece", "brier", "nll"):
+        d = 4 if m in ("brier", "nll") else 3
+        return f"{mean:.{d}f}" if sd is None else f"{mean:.{d}f}±{sd:.{d}f}"
+    return f"{100 * mean:.1f}" if sd is None else f"{100 * mean:.1f}±{100 * sd:.1f}"
 
-    header = ["", *[m.replace("_", " ") for m in TABLE_METRICS]]
-    lines = []
-    for section, title in (("missing_rate", "modality missing rate p"), ("subsets", "modalities present"),
-                           ("frame_missing_rate", "frame missing rate r")):
-        if not results.get(section):
+
+def _block(title: str, block: dict, std: dict | None) -> list[str]:
+    """Rows of one section; ``std`` None: single values (one seed, or the ensemble)."""
+    header = ["", *[m.replace("_", " ") for m in TABLE_METRICS], TWIN_COLUMN]
+    rows = []
+    for key, vals in block.items():
+        if "brier" not in vals:  # a section without probability scores (an older metrics.json)
             continue
-        rows = [[key, *[cell(section, key, m) for m in TABLE_METRICS]] for key in results[section]]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-        counts = sorted({(v.get("n"), v.get("n_non0")) for v in results[section].values() if "n" in v})
-        n = "".join(f", n = {a} (non-0 {b})" for a, b in counts)
-        lines += [f"{title} (test{n}; mean ± std over {n_seeds} seed(s); accuracies in %)",
-                  fmt.format(*header), *[fmt.format(*r) for r in rows], ""]
+        cells = [_cell(vals[m], None if std is None else std[key][m], m) for m in TABLE_METRICS]
+        twin = f"{vals['ece_twin_mean']:.3f} [{vals['ece_twin_lo']:.3f}, {vals['ece_twin_hi']:.3f}]"
+        rows.append([key, *cells, twin])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    counts = sorted({(v.get("n"), v.get("n_non0")) for v in block.values() if "n" in v})
+    title = title.replace("(test", "(test" + "".join(f", n = {a} (non-0 {b})" for a, b in counts), 1)
+    return [title, fmt.format(*header), *[fmt.format(*r) for r in rows], ""]
+
+
+def format_table(results: dict, std: dict, n_seeds: int, note: str = "", ensemble: dict | None = None) -> str:
+    """The printed table: random missing rates, subsets, frame-level rates; mean ± std in %; then the
+    deep ensemble of the seeds as its own sections. ``note`` names the predictions used."""
+    lines = [f"predictions: {note}", ""] if note else []
+    for section, title in (*ENSEMBLE_SECTIONS, ("frame_missing_rate", "frame missing rate r")):
+        if results.get(section):
+            lines += _block(f"{title} (test; mean ± std over {n_seeds} seed(s); accuracies in %; "
+                            f"{TWIN_COLUMN}: ECE of a calibrated predictor with the same confidences)",
+                            results[section], std[section] if n_seeds > 1 else None)
     mean = results.get("mean_over_rates", {}).get("missing_rate")
     if mean:
         lines.append(f"mean over missing rates: Acc-2 non-0 {100 * mean['acc2_non0']:.1f}  "
-                     f"F1 non-0 {100 * mean['f1_non0']:.1f}  MAE {mean['mae']:.3f}  ECE {mean['ece']:.3f}")
+                     f"F1 non-0 {100 * mean['f1_non0']:.1f}  MAE {mean['mae']:.3f}  Brier {mean['brier']:.4f}  "
+                     f"NLL {mean['nll']:.4f}  ECE {mean['ece']:.3f}")
+    if ensemble:
+        lines.append("")
+        for section, title in ENSEMBLE_SECTIONS:
+            lines += _block(f"deep ensemble of the {n_seeds} seeds, {title} (test; one prediction: the mean of the "
+                            f"seeds' calibrated scores and P(positive); not part of mean ± std)",
+                            ensemble[section], None)
+        e = ensemble["mean_over_rates"]["missing_rate"]
+        lines.append(f"deep ensemble, mean over missing rates: Acc-2 non-0 {100 * e['acc2_non0']:.1f}  "
+                     f"F1 non-0 {100 * e['f1_non0']:.1f}  MAE {e['mae']:.3f}  Brier {e['brier']:.4f}  "
+                     f"NLL {e['nll']:.4f}  ECE {e['ece']:.3f}")
     return "\n".join(lines)
 
 
 def save_predictions(path: Path, labels: np.ndarray, rates: list[float], per_seed: list[dict],
                      ids: np.ndarray | None = None) -> None:
+    """``preds``/``probs``/``p_pos`` ``(S, R, N)`` per seed and rate (``p_pos``: the reported P(positive)),
+    ``subset_preds``/``subset_p_pos`` ``(S, 7, N)``, ``masks``, ``labels``, ``rates``, ``ids``."""
     arrays = [r["arrays"] for r in per_seed]
-    extra = {} if ids is None else {"ids": np.asarray(ids, dtype=str)}
-    if all("fusion_weights" in a for a in arrays):
-        extra["fusion_weights"] = np.stack([a["fusion_weights"] for a in arrays])
+    extra = {k: np.stack([a[k] for a in arrays]) for k in ("fusion_weights", "p_pos", "subset_p_pos")
+             if all(k in a for a in arrays)}
+    if ids is not None:
+        extra["ids"] = np.asarray(ids, dtype=str)
     tmp = path.with_name(path.stem + ".tmp.npz")
     try:
         np.savez_compressed(
@@ -91,71 +142,73 @@ def _rate_index(rates: np.ndarray, p: float) -> int | None:
     return int(idx[0]) if len(idx) else None
 
 
-def plot_missing_rates(results: dict, std: dict, path: Path, title: str = "") -> None:
-    import matplotlib
+def _p_pos(npz: dict, i: int) -> np.ndarray:
+    """The reported P(positive) ``(S, N)`` at rate index ``i`` (the class head's for an older file)."""
+    if "p_pos" in npz:
+        return np.asarray(npz["p_pos"][:, i], dtype=np.float64)
+    return np.stack([positive_probability(pr) for pr in npz["probs"][:, i]])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _save(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_missing_rates(results: dict, std: dict, path: Path, title: str = "", note: str = "") -> None:
     keys = list(results["missing_rate"])
     x = [float(k) for k in keys]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4.3))
+    ax = fig.subplots()
     for m, label in (("acc2_non0", "Acc-2 (non-0)"), ("f1_non0", "F1 (non-0)")):
         y = [100 * results["missing_rate"][k][m] for k in keys]
         e = [100 * std["missing_rate"][k][m] for k in keys]
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
     ax.set_xlabel("modality missing rate p")
     ax.set_ylabel("%")
-    ax.set_title(title or "test accuracy under random missing modalities")
+    ax.set_title((title or "test accuracy under random missing modalities") + ("\n" + note if note else ""),
+                 fontsize=8 if note else None)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
-def _binary_conf(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence, correct) of the binary non-0 task, seeds pooled: probs (S, N, C), labels (N,)."""
+def plot_calibration(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0.5), note: str = "") -> None:
+    """Reliability diagrams of the reported P(positive) (top label, 10 equal-width confidence bins,
+    seeds pooled) at the given missing rates: accuracy per bin with its count, and the 90% band of
+    a perfectly calibrated predictor with the same confidences (per bin and for the ECE)."""
+    labels = npz["labels"]
     non0 = labels != 0
-    p = np.concatenate([positive_probability(pr[non0]) for pr in probs])
-    y = np.tile(labels[non0] > 0, len(probs))
-    return np.maximum(p, 1 - p), (p >= 0.5) == y
-
-
-def plot_calibration(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0.5)) -> None:
-    """Reliability diagrams (10 equal-width confidence bins) at the given missing rates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from training.metrics import ece_score
-
     shown = [(p, i) for p in rates if (i := _rate_index(npz["rates"], p)) is not None]
-    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.5 * max(1, len(shown)), 4), squeeze=False)
-    for ax, (p, i) in zip(axes[0], shown):
-        conf, correct = _binary_conf(npz["probs"][:, i], npz["labels"])
-        bins = np.minimum((conf * 10).astype(int), 9)
-        centres, accs, counts = [], [], []
-        for b in range(10):
-            sel = bins == b
-            if sel.any():
-                centres.append(conf[sel].mean())
-                accs.append(correct[sel].mean())
-                counts.append(sel.sum())
+    fig = Figure(figsize=(4.8 * max(1, len(shown)), 4.4))
+    axes = np.atleast_1d(fig.subplots(1, max(1, len(shown))))
+    for ax, (p, i) in zip(axes, shown):
+        p_pos = _p_pos(npz, i)[:, non0].reshape(-1)
+        positive = np.tile(labels[non0] > 0, len(npz["preds"]))
+        conf = np.maximum(p_pos, 1 - p_pos)
+        correct = (p_pos >= 0.5) == positive
+        bins = confidence_bins(conf)
+        twin = calibrated_twin(conf)
+        rows = [((b + 0.5) / ECE_BINS, conf[sel].mean(), correct[sel].mean(), sel.sum(),
+                 *np.quantile(twin[:, sel].mean(1), [0.05, 0.95])) for b in range(ECE_BINS) if (sel := bins == b).any()]
+        mid, centre, acc, count, lo, hi = map(np.array, zip(*rows))
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
-        ax.bar(centres, accs, width=0.08, alpha=0.7, label="accuracy per bin")
-        p_pos = np.where(correct, conf, 1 - conf)  # any P(pos) with the same conf/correct gives the same ECE
-        ece = ece_score(p_pos, np.ones_like(correct))
-        ax.set_title(f"p = {rate_key(p)}: ECE {ece:.3f} (seeds pooled)")
+        ax.bar(mid, acc, width=0.9 / ECE_BINS, alpha=0.6, label="accuracy per bin")
+        ax.errorbar(centre, centre, yerr=[centre - lo, hi - centre], fmt="o", color="grey", ms=3, capsize=4,
+                    label="mean confidence; calibrated twin 90%")
+        for m_, n in zip(mid, count):
+            ax.text(m_, 0.02, f"n={n}", ha="center", fontsize=7)
+        mean, b_lo, b_hi = ece_twin_band(p_pos)
+        ax.set_title(f"p = {rate_key(p)}: ECE {ece_score(p_pos, positive):.3f} ({len(npz['preds'])} seed(s) pooled, "
+                     f"n={len(p_pos)})\n"
+                     f"calibrated twin {mean:.3f} [{b_lo:.3f}, {b_hi:.3f}]", fontsize=9)
         ax.set_xlim(0.45, 1.0)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("confidence max(P, 1 - P)")
         ax.set_ylabel("accuracy")
-        ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        ax.legend(loc="upper left", fontsize=7)
+    if note:
+        fig.suptitle(note, fontsize=7)
+    _save(fig, path)
 
 
 def risk_coverage(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -166,30 +219,37 @@ def risk_coverage(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np
     return cov, acc
 
 
-def plot_risk_coverage(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0.5)) -> dict:
-    """Accuracy against coverage when the least confident predictions are withheld."""
-    import matplotlib
+def decision_confidence(npz: dict, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence, correct) of the table's decisions (``preds > 0``) on the non-0 samples at rate
+    index ``i``, seeds pooled; confidence is the reported P of the decided class."""
+    labels = npz["labels"]
+    non0 = labels != 0
+    decided = npz["preds"][:, i][:, non0] > 0
+    p_pos = _p_pos(npz, i)[:, non0]
+    conf = np.where(decided, p_pos, 1 - p_pos).reshape(-1)
+    return conf, (decided == (labels[non0] > 0)).reshape(-1)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def plot_risk_coverage(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0.5), note: str = "") -> dict:
+    """Accuracy of the table's decisions against coverage when the least confident are withheld."""
     summary = {}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4.3))
+    ax = fig.subplots()
     for p in rates:
         i = _rate_index(npz["rates"], p)
         if i is None:
             continue
-        cov, acc = risk_coverage(*_binary_conf(npz["probs"][:, i], npz["labels"]))
+        cov, acc = risk_coverage(*decision_confidence(npz, i))
         ax.plot(cov, 100 * acc, label=f"p = {rate_key(p)}")
         summary[rate_key(p)] = {f"acc_at_{c}": float(acc[max(0, int(np.ceil(c * len(acc))) - 1)])
                               for c in (0.5, 0.8, 1.0)}
     ax.set_xlabel("coverage (fraction of predictions kept, most confident first)")
-    ax.set_ylabel("Acc-2 non-0 (%)")
+    ax.set_ylabel("Acc-2 non-0 (%), seeds pooled")
+    if note:
+        ax.set_title(note, fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
     return summary
 
 
@@ -220,9 +280,11 @@ def write_report(out_dir: Path, metrics: dict, per_seed: list[dict], labels: np.
     save_predictions(out_dir / "predictions.npz", labels, rates, per_seed, ids)
     with np.load(out_dir / "predictions.npz") as z:
         npz = {k: z[k] for k in z.files}
-    plot_missing_rates(metrics["results"], metrics["std"], out_dir / "missing_rates.png")
-    plot_calibration(npz, out_dir / "calibration.png")
-    metrics["risk_coverage"] = plot_risk_coverage(npz, out_dir / "risk_coverage.png")
-    results_frame(metrics["results"], metrics["std"]).to_csv(out_dir / "results.csv", index=False)
+    note = metrics.get("prediction", "")
+    plot_missing_rates(metrics["results"], metrics["std"], out_dir / "missing_rates.png", note=note)
+    plot_calibration(npz, out_dir / "calibration.png", note=note)
+    metrics["risk_coverage"] = plot_risk_coverage(npz, out_dir / "risk_coverage.png", note=note)
+    results_frame(metrics["results"], metrics["std"], metrics.get("ensemble")).to_csv(
+        out_dir / "results.csv", index=False)
     write_json_atomic(metrics, out_dir / "metrics.json")
-    return format_table(metrics["results"], metrics["std"], len(per_seed))
+    return format_table(metrics["results"], metrics["std"], len(per_seed), note, metrics.get("ensemble"))

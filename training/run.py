@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from datasets import MODALITIES, DataError, MultimodalData, Standardizer, load_data, rate_key
+from training.calibration import Calibration
 from training.checkpoint import CheckpointError
 from training.config import RESUMABLE_CHANGES, Config, fields_in
 from training.errors import ConfigError, OutputError, UserError, writing
-from training.evaluate import aggregate, evaluate_split
+from training.evaluate import aggregate, ensemble, evaluate_split, prediction_note
 from training.report import write_json_atomic, write_report
 from training.trainer import Trainer, frame_rates_for, load_for_eval, resolve_device
 
@@ -253,12 +254,18 @@ def _writer(cfg: Config, seed: int):
     return SummaryWriter(str(Path(cfg.output_dir) / "tb" / f"seed_{seed}"))
 
 
-def _metrics(cfg: Config, per_seed: list[dict], split: str, train_seconds: float) -> dict:
+def _metrics(cfg: Config, per_seed: list[dict], split: str, train_seconds: float,
+             labels: np.ndarray | None = None) -> dict:
     results, std = aggregate([r[split] for r in per_seed])
-    return {"config": cfg.to_dict(), "seeds": list(cfg.seeds), "split": split, "results": results,
-            "std": std, "train_seconds": train_seconds,
-            "best_epochs": [r.get("best_epoch") for r in per_seed],
-            "calibration": [r.get("calibration") for r in per_seed]}
+    cal = per_seed[0].get("calibration")
+    out = {"config": cfg.to_dict(), "seeds": list(cfg.seeds), "split": split, "results": results,
+           "std": std, "train_seconds": train_seconds,
+           "best_epochs": [r.get("best_epoch") for r in per_seed],
+           "calibration": [r.get("calibration") for r in per_seed],
+           "prediction": prediction_note(cfg.task, None if cal is None else Calibration.from_state_dict(cal))}
+    if cfg.ensemble and len(per_seed) > 1 and labels is not None:
+        out["ensemble"] = ensemble([r[split] for r in per_seed], labels)
+    return out
 
 
 def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
@@ -311,10 +318,12 @@ def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
                          len(cfg.seeds), run_dir)
             per_seed.append(result)
         train_seconds = time.perf_counter() - t0
-        metrics = {s: _metrics(cfg, per_seed, s, train_seconds) for s in splits}
+        metrics = {s: _metrics(cfg, per_seed, s, train_seconds, data.splits[s].labels) for s in splits}
         if "test" in splits:
             test = metrics["test"]
             test["validation"] = metrics["valid"]["results"] if "valid" in metrics else {}
+            if "ensemble" in metrics.get("valid", {}):
+                test["validation_ensemble"] = metrics["valid"]["ensemble"]
             with writing(out):
                 test["table"] = write_report(out, test, [r["test"] for r in per_seed],
                                              data.splits["test"].labels, cfg.eval_missing_rates, data=data)
@@ -410,10 +419,11 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
             res = evaluate_split(model, test, cfg.eval_missing_rates,
                                  frame_rates_for(test, cfg.eval_frame_missing_rates), cfg.batch_size, device,
                                  saved.task, saved.num_classes, cal, bool(cfg.amp and device.type == "cuda"))
-            per_seed.append({"test": res})
+            per_seed.append({"test": res, "calibration": {k: v.tolist() for k, v in cal.state_dict().items()}})
             seeds.append(int(f.parent.name.split("_")[-1]) if f.parent.name.startswith("seed_") else saved.seeds[0])
-        metrics = _metrics(effective, per_seed, "test", 0.0)
+        metrics = _metrics(effective, per_seed, "test", 0.0, data.splits["test"].labels)
         metrics["seeds"] = seeds
+        metrics["prediction"] = prediction_note(saved.task, cal)
         metrics["checkpoints"] = [str(f) for f in files]
         with writing(out):
             metrics["table"] = write_report(out, metrics, [r["test"] for r in per_seed], data.splits["test"].labels,

@@ -321,7 +321,8 @@ class Trainer:
         if cfg.calibrate or cfg.calibrate_score:
             log.info("%s: calibrating the best epoch (%d) on valid", self.label, self.best_epoch)
             cal = fit_calibration(self.model, self.data.splits["valid"], cfg.num_classes, cfg.batch_size,
-                                  self.device, temperature=cfg.calibrate, score=cfg.calibrate_score)
+                                  self.device, temperature=cfg.calibrate, score=cfg.calibrate_score,
+                                  probability=cfg.probability)
         self.save_best(cal)
         # valid: the random-missing sweep and subsets (for tuning and best.json), uncalibrated (the
         # calibration was fitted on valid, so calibrated scores there would be inflated); test: everything
