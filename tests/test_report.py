@@ -256,3 +256,27 @@ def test_comparison_shows_probability_scores_and_ensemble_rows(tmp_path, real_ru
     (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
     res = compare([tmp_path / "a", tmp_path / "old"], tmp_path / "cmp2")
     assert res["probability_frame"] is None and set(res["frame"].metric) == {"acc2_non0", "f1_non0"}
+
+
+def test_resuming_seeds_finished_before_the_probability_scores(tmp_path):
+    """A seed whose result predates Brier/NLL and p_pos is kept: the table shows '-', no ensemble."""
+    data = tiny_pickle(tmp_path / "d.pkl")
+    out = tmp_path / "run"
+    assert train_main(tiny_args(data, out, "--seeds", "7", "8")) == 0
+    old = out / "seed_8"
+    res = json.loads((old / "result.json").read_text())
+    for split in ("valid", "test"):
+        for section in res[split].values():
+            for vals in section.values():
+                for k in ("brier", "nll", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi"):
+                    vals.pop(k, None)
+        with np.load(old / f"result_{split}.npz") as z:
+            arrays = {k: z[k] for k in z.files if k not in ("p_pos", "subset_p_pos")}
+        np.savez(old / f"result_{split}.npz", **arrays)
+    (old / "result.json").write_text(json.dumps(res))
+    (out / "metrics.json").unlink()
+    assert train_main(tiny_args(data, out, "--seeds", "7", "8", "--resume")) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert "ensemble" not in m and "brier" not in m["results"]["missing_rate"]["0.0"]
+    assert m["results"]["missing_rate"]["0.0"]["acc2_non0"] > 0
+    assert "p_pos" not in np.load(out / "predictions.npz").files

@@ -108,8 +108,9 @@ def prediction_note(task: str, calibration=None) -> str:
     if calibration is None:
         prob = "softmax of the class head (uncalibrated)"
     else:
+        tempered = "with per-pattern temperature" if (calibration.temperatures != 1).any() else "(no temperature)"
         prob = {"score": "Platt map of the score per presence pattern",
-                "class": "class head with per-pattern temperature",
+                "class": f"class head {tempered}",
                 "blend": f"blend {calibration.blend:.2f} x Platt(score) + {1 - calibration.blend:.2f} x tempered "
                          f"class head"}[calibration.source]
     cal = "" if calibration is None else " (calibrated on valid)"

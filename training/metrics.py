@@ -130,8 +130,8 @@ def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray |
 
 
 def mean_std(per_seed: list[dict]) -> tuple[dict, dict]:
-    """Mean and (population) std over seeds of metric dicts with the same keys; counts stay ints, no std."""
-    keys = per_seed[0].keys()
+    """Mean and (population) std over seeds of the metrics every seed has; counts stay ints, no std."""
+    keys = [k for k in per_seed[0] if all(k in m for m in per_seed)]  # a resumed older seed may lack some
     arr = {k: np.array([m[k] for m in per_seed], dtype=np.float64) for k in keys}
     mean = {k: int(round(v.mean())) if k in COUNT_NAMES else float(v.mean()) for k, v in arr.items()}
     return mean, {k: float(v.std()) for k, v in arr.items() if k not in COUNT_NAMES}

@@ -65,7 +65,9 @@ def results_frame(results: dict, std: dict, ensemble: dict | None = None) -> pd.
     return pd.DataFrame(rows)
 
 
-def _cell(mean: float, sd: float | None, m: str) -> str:
+def _cell(mean: float | None, sd: float | None, m: str) -> str:
+    if mean is None:  # a metric an older result does not carry
+        return "-"
     if m in ("mae", "corr", "ece", "brier", "nll"):
         d = 4 if m in ("brier", "nll") else 3
         return f"{mean:.{d}f}" if sd is None else f"{mean:.{d}f}±{sd:.{d}f}"
@@ -77,16 +79,22 @@ def _block(title: str, block: dict, std: dict | None) -> list[str]:
     header = ["", *[m.replace("_", " ") for m in TABLE_METRICS], TWIN_COLUMN]
     rows = []
     for key, vals in block.items():
-        if "brier" not in vals:  # a section without probability scores (an older metrics.json)
-            continue
-        cells = [_cell(vals[m], None if std is None else std[key][m], m) for m in TABLE_METRICS]
-        twin = f"{vals['ece_twin_mean']:.3f} [{vals['ece_twin_lo']:.3f}, {vals['ece_twin_hi']:.3f}]"
+        cells = [_cell(vals.get(m), None if std is None else std[key].get(m), m) for m in TABLE_METRICS]
+        twin = (f"{vals['ece_twin_mean']:.3f} [{vals['ece_twin_lo']:.3f}, {vals['ece_twin_hi']:.3f}]"
+                if "ece_twin_mean" in vals else "-")
         rows.append([key, *cells, twin])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     counts = sorted({(v.get("n"), v.get("n_non0")) for v in block.values() if "n" in v})
     title = title.replace("(test", "(test" + "".join(f", n = {a} (non-0 {b})" for a, b in counts), 1)
     return [title, fmt.format(*header), *[fmt.format(*r) for r in rows], ""]
+
+
+def _over_rates(title: str, mean: dict) -> str:
+    nan = float("nan")
+    return (f"{title}: Acc-2 non-0 {100 * mean['acc2_non0']:.1f}  F1 non-0 {100 * mean['f1_non0']:.1f}  "
+            f"MAE {mean['mae']:.3f}  Brier {mean.get('brier', nan):.4f}  NLL {mean.get('nll', nan):.4f}  "
+            f"ECE {mean['ece']:.3f}")
 
 
 def format_table(results: dict, std: dict, n_seeds: int, note: str = "", ensemble: dict | None = None) -> str:
@@ -100,19 +108,14 @@ def format_table(results: dict, std: dict, n_seeds: int, note: str = "", ensembl
                             results[section], std[section] if n_seeds > 1 else None)
     mean = results.get("mean_over_rates", {}).get("missing_rate")
     if mean:
-        lines.append(f"mean over missing rates: Acc-2 non-0 {100 * mean['acc2_non0']:.1f}  "
-                     f"F1 non-0 {100 * mean['f1_non0']:.1f}  MAE {mean['mae']:.3f}  Brier {mean['brier']:.4f}  "
-                     f"NLL {mean['nll']:.4f}  ECE {mean['ece']:.3f}")
+        lines.append(_over_rates("mean over missing rates", mean))
     if ensemble:
         lines.append("")
         for section, title in ENSEMBLE_SECTIONS:
             lines += _block(f"deep ensemble of the {n_seeds} seeds, {title} (test; one prediction: the mean of the "
                             f"seeds' calibrated scores and P(positive); not part of mean ± std)",
                             ensemble[section], None)
-        e = ensemble["mean_over_rates"]["missing_rate"]
-        lines.append(f"deep ensemble, mean over missing rates: Acc-2 non-0 {100 * e['acc2_non0']:.1f}  "
-                     f"F1 non-0 {100 * e['f1_non0']:.1f}  MAE {e['mae']:.3f}  Brier {e['brier']:.4f}  "
-                     f"NLL {e['nll']:.4f}  ECE {e['ece']:.3f}")
+        lines.append(_over_rates("deep ensemble, mean over missing rates", ensemble["mean_over_rates"]["missing_rate"]))
     return "\n".join(lines)
 
 

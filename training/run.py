@@ -263,7 +263,8 @@ def _metrics(cfg: Config, per_seed: list[dict], split: str, train_seconds: float
            "best_epochs": [r.get("best_epoch") for r in per_seed],
            "calibration": [r.get("calibration") for r in per_seed],
            "prediction": prediction_note(cfg.task, None if cal is None else Calibration.from_state_dict(cal))}
-    if cfg.ensemble and len(per_seed) > 1 and labels is not None:
+    if cfg.ensemble and len(per_seed) > 1 and labels is not None and \
+            all("p_pos" in r[split]["arrays"] for r in per_seed):  # seeds finished before p_pos: none
         out["ensemble"] = ensemble([r[split] for r in per_seed], labels)
     return out
 
