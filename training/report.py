@@ -152,6 +152,11 @@ def _p_pos(npz: dict, i: int) -> np.ndarray:
     return np.stack([positive_probability(pr) for pr in npz["probs"][:, i]])
 
 
+def _wrap(note: str) -> str:
+    """A prediction note on two lines (decisions; probabilities) so a figure title fits."""
+    return note.replace("; ", ";\n")
+
+
 def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -168,7 +173,7 @@ def plot_missing_rates(results: dict, std: dict, path: Path, title: str = "", no
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=label)
     ax.set_xlabel("modality missing rate p")
     ax.set_ylabel("%")
-    ax.set_title((title or "test accuracy under random missing modalities") + ("\n" + note if note else ""),
+    ax.set_title((title or "test accuracy under random missing modalities") + ("\n" + _wrap(note) if note else ""),
                  fontsize=8 if note else None)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -248,8 +253,8 @@ def plot_risk_coverage(npz: dict, path: Path, rates: tuple[float, ...] = (0.0, 0
                               for c in (0.5, 0.8, 1.0)}
     ax.set_xlabel("coverage (fraction of predictions kept, most confident first)")
     ax.set_ylabel("Acc-2 non-0 (%), seeds pooled")
-    if note:
-        ax.set_title(note, fontsize=7)
+    ax.set_title("the table's decisions, ranked by the P of the decided class" + ("\n" + _wrap(note) if note else ""),
+                 fontsize=7)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
