@@ -257,7 +257,7 @@ def _writer(cfg: Config, seed: int):
 def _metrics(cfg: Config, per_seed: list[dict], split: str, train_seconds: float,
              labels: np.ndarray | None = None) -> dict:
     results, std = aggregate([r[split] for r in per_seed])
-    cal = per_seed[0].get("calibration")
+    cal = per_seed[0].get("calibration") if split == "test" else None  # valid is swept uncalibrated
     out = {"config": cfg.to_dict(), "seeds": list(cfg.seeds), "split": split, "results": results,
            "std": std, "train_seconds": train_seconds,
            "best_epochs": [r.get("best_epoch") for r in per_seed],
