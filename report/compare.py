@@ -264,7 +264,8 @@ def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets:
     notes = sorted({r.prediction for r in runs if r.prediction and not r.ensemble})
     for n in notes:
         who = [r.name for r in runs if r.prediction == n and not r.ensemble]
-        lines.append(f"Predictions: {n}" + ("" if len(notes) == 1 else f" ({', '.join(who)})"))
+        every = len(who) == len([r for r in runs if not r.ensemble])
+        lines.append(f"Predictions: {n}" + ("" if every else f" ({', '.join(who)})"))
     return "\n".join(lines) + "\n"
 
 
