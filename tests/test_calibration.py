@@ -142,6 +142,7 @@ def test_twin_band_holds_a_calibrated_predictors_ece_about_90_percent_of_the_tim
     assert outside_overconfident / 200 > 0.9
 
 
+@pytest.mark.slow
 def test_brier_nll_and_ensemble_equal_a_direct_computation_on_the_saved_predictions(tmp_path):
     data = tiny_pickle(tmp_path / "d.pkl")
     assert main(tiny_args(data, tmp_path / "r", "--seeds", "7", "8")) == 0
@@ -175,6 +176,7 @@ def test_brier_nll_and_ensemble_equal_a_direct_computation_on_the_saved_predicti
                                                                           abs=1e-6)
 
 
+@pytest.mark.slow
 def test_scrambled_test_labels_leave_calibration_and_predictions_unchanged(tmp_path):
     def scramble_labels(d):
         d["test"]["regression_labels"] = np.random.default_rng(3).permutation(d["test"]["regression_labels"])

@@ -212,6 +212,7 @@ def test_report_warns_when_runs_used_different_data(tmp_path, close_rates_run):
     assert r.returncode == 0 and "warning: the runs used different data" in r.stderr
 
 
+@pytest.mark.slow
 def test_figures_and_table_use_the_tables_prediction(real_run):
     """Risk-coverage at full coverage is the table's Acc-2; every artefact names its prediction."""
     from training.report import decision_confidence, risk_coverage
@@ -230,7 +231,7 @@ def test_figures_and_table_use_the_tables_prediction(real_run):
     assert row["ece_twin_lo"] <= row["ece_twin_mean"] <= row["ece_twin_hi"]
 
 
-def test_comparison_shows_probability_scores_and_ensemble_rows(tmp_path, real_run):
+def test_comparison_shows_probability_scores_and_ensemble_rows(tmp_path):
     fake_metrics(tmp_path / "a", 0)
     ens = fake_metrics(tmp_path / "b", 1)
     ens["ensemble"] = {s: {k: dict(v) for k, v in ens["results"][s].items()} for s in ("missing_rate", "subsets")}
@@ -258,6 +259,7 @@ def test_comparison_shows_probability_scores_and_ensemble_rows(tmp_path, real_ru
     assert res["probability_frame"] is None and set(res["frame"].metric) == {"acc2_non0", "f1_non0"}
 
 
+@pytest.mark.slow
 def test_resuming_seeds_finished_before_the_probability_scores(tmp_path):
     """A seed whose result predates Brier/NLL and p_pos is kept: the table shows '-', no ensemble."""
     data = tiny_pickle(tmp_path / "d.pkl")
