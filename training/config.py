@@ -176,7 +176,7 @@ class Config:
                           "class head)", ["score", "class", "blend"], group="eval")
     ensemble: bool = _f(True, "with several seeds, also report the deep ensemble (mean of the seeds' "
                         "calibrated scores and P(positive)) as its own section, never mixed into mean ± std",
-                        group="eval", kind="resumable")
+                        group="eval")
     # ---- run --------------------------------------------------------------------------------
     output_dir: str | None = _f(None, "where every artefact goes (default: a new folder "
                                 "runs/<model>_<data>_<YYYYmmdd-HHMMSS>, linked as runs/latest)",
