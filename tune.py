@@ -63,7 +63,7 @@ DEFAULT_SPACE: dict[str, BaseDistribution] = {
     "hidden_dim": CategoricalDistribution(HIDDEN_DIM_CHOICES),
     "dropout": FloatDistribution(0.0, 0.5),
     "lr": FloatDistribution(1e-4, 3e-3, log=True),
-    "encoder": CategoricalDistribution(("mlp", "lstm")),
+    "encoder": CategoricalDistribution(("mlp", "lstm", "cfc")),
     "fusion_temperature": FloatDistribution(0.3, 3.0, log=True),
     "gate_alpha": FloatDistribution(0.0, 1.0),
     "contrastive_weight": FloatDistribution(1e-3, 1.0, log=True),

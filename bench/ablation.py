@@ -41,6 +41,13 @@ VARIANTS: dict[str, dict] = {
     "fixed_train_missing_0.5": {"train_missing_rate": 0.5, "train_missing_schedule": "fixed"},
     "with_distillation": {"distill_weight": 1.0},  # off by default (see README)
     "no_calibration": {"calibrate": False, "calibrate_score": False},
+    "lstm_encoder": {"encoder": "lstm"},
+    "cfc_encoder": {"encoder": "cfc"},  # closed-form continuous-time cells (ncps)
+    # test-time adaptation (off by default, see README): the same trained weights as `default`
+    "tta_tent_norm": {"tta": "tent", "tta_params": "norm"},
+    "tta_tent_fusion": {"tta": "tent", "tta_params": "fusion"},
+    "tta_tent_norm+fusion": {"tta": "tent", "tta_params": "norm+fusion"},
+    "tta_tent_norm_5x1e-2": {"tta": "tent", "tta_params": "norm", "tta_steps": 5, "tta_lr": 1e-2},
 }
 
 

@@ -121,9 +121,13 @@ class VariationalLSTMEncoder(nn.Module):
 
 def build_encoder(kind: str, input_dim: int, hidden_dim: int, dropout: float, bidirectional: bool,
                   variational: bool) -> nn.Module:
-    """The encoder named by ``kind`` (``"mlp"`` or ``"lstm"``)."""
+    """The encoder named by ``kind``: ``"mlp"``, ``"lstm"`` or ``"cfc"`` (``modules.cfc_encoder``)."""
     if kind == "mlp":
         return VariationalMLPEncoder(input_dim, hidden_dim, dropout, variational)
     if kind == "lstm":
         return VariationalLSTMEncoder(input_dim, hidden_dim, dropout, bidirectional, variational)
-    raise ValueError(f"unknown encoder {kind!r}; choose 'mlp' or 'lstm'")
+    if kind == "cfc":
+        from modules.cfc_encoder import VariationalCfCEncoder  # here: it imports GaussianHead from this file
+
+        return VariationalCfCEncoder(input_dim, hidden_dim, dropout, bidirectional, variational)
+    raise ValueError(f"unknown encoder {kind!r}; choose 'mlp', 'lstm' or 'cfc'")

@@ -80,7 +80,7 @@ class Config:
                            group="data", kind="switch preprocess")
     # ---- model ------------------------------------------------------------------------------
     model: str = _f("attention_robust_v4", "model name (attention_robust_v4 or a baseline)", group="model")
-    encoder: str = _f("mlp", "variational encoder kind", ["mlp", "lstm"], group="model", kind="search")
+    encoder: str = _f("mlp", "variational encoder kind", ["mlp", "lstm", "cfc"], group="model", kind="search")
     hidden_dim: int = _f(128, "width of every modality state", group="model", kind="search")
     dropout: float = _f(0.3, "dropout inside encoders and heads", group="model", kind="search")
     bidirectional: bool = _f(True, "bidirectional LSTM encoder", group="model", kind="switch search")
@@ -177,6 +177,15 @@ class Config:
     ensemble: bool = _f(True, "with several seeds, also report the deep ensemble (mean of the seeds' "
                         "calibrated scores and P(positive)) as its own section, never mixed into mean ± std",
                         group="eval")
+    tta: str = _f("none", "test-time adaptation of the valid and test sweeps (training/tta.py): 'tent' "
+                  "minimises the class head's prediction entropy on each evaluation batch, episodically "
+                  "(weights reset per batch); never used for epoch selection or calibration", ["none", "tent"],
+                  group="eval")
+    tta_steps: int = _f(1, "optimiser steps of test-time adaptation per evaluation batch", group="eval")
+    tta_lr: float = _f(1e-3, "Adam learning rate of test-time adaptation", group="eval")
+    tta_params: str = _f("norm", "what test-time adaptation may change: the affine parameters of every "
+                         "normalisation layer, the fusion gate, or both", ["norm", "fusion", "norm+fusion"],
+                         group="eval")
     # ---- run --------------------------------------------------------------------------------
     output_dir: str | None = _f(None, "where every artefact goes (default: a new folder "
                                 "runs/<model>_<data>_<YYYYmmdd-HHMMSS>, linked as runs/latest)",
@@ -243,6 +252,8 @@ class Config:
              "eval_missing_rates lists a rate twice; give each rate once"),
             (len(set(self.eval_frame_missing_rates)) == len(self.eval_frame_missing_rates),
              "eval_frame_missing_rates lists a rate twice; give each rate once"),
+            (self.tta_steps >= 1, "tta_steps must be >= 1"),
+            (self.tta_lr > 0, "tta_lr must be > 0"),
             (not self.eval_only or self.checkpoint, "--eval_only needs --checkpoint PATH"),
             (not (self.resume and self.overwrite), "--resume and --overwrite exclude each other"),
             (not self.resume or self.output_dir, "--resume needs --output_dir RUN_FOLDER (e.g. runs/latest)"),

@@ -14,6 +14,7 @@ from torch import nn
 
 from datasets import SUBSETS, Split, frame_missing, make_loader, modality_masks, rate_key, subset_masks
 from training.metrics import mean_std, positive_probability, sentiment_metrics
+from training.tta import Tent
 
 ROBUST_RATES = (0.0, 0.3, 0.5, 0.7)
 # The one table of objectives, read by --select_metric and tune.py --objective:
@@ -53,8 +54,10 @@ def encode_split(model: nn.Module, split: Split, batch_size: int, device: torch.
 
 @torch.no_grad()
 def fuse_split(model: nn.Module, states: dict[str, torch.Tensor], presence: np.ndarray,
-               device: torch.device, batch_size: int = 512, autocast: bool = False) -> Fused:
-    """Fuse pre-encoded ``states`` under ``presence (N, 3)`` bool."""
+               device: torch.device, batch_size: int = 512, autocast: bool = False,
+               tta: Tent | None = None, source: Split | None = None) -> Fused:
+    """Fuse pre-encoded ``states`` under ``presence (N, 3)`` bool; with ``tta``, each batch of
+    ``batch_size`` rows is first adapted on (``training/tta.py``; ``source``: the encoded split)."""
     model.eval()
     n = len(presence)
     pres = torch.from_numpy(np.asarray(presence, dtype=bool))
@@ -62,7 +65,8 @@ def fuse_split(model: nn.Module, states: dict[str, torch.Tensor], presence: np.n
     for i in range(0, n, batch_size):
         chunk = {k: v[i:i + batch_size].to(device) for k, v in states.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model.fuse(chunk, pres[i:i + batch_size].to(device))
+            p = pres[i:i + batch_size].to(device)
+            out = model.fuse(chunk, p) if tta is None else tta(chunk, p, source, range(i, i + len(p)))
         scores.append(out["score"].float().cpu())
         logits.append(out["logits"].float().cpu())
         w = out.get("diagnostics", {}).get("fusion_weights")
@@ -142,19 +146,22 @@ def presence_patterns(presence: np.ndarray) -> np.ndarray:
 
 def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rates: list[float],
                    batch_size: int, device: torch.device, task: str, num_classes: int,
-                   calibration=None, autocast: bool = False) -> dict:
+                   calibration=None, autocast: bool = False, tta: Tent | None = None) -> dict:
     """The full sweep of one trained model on ``split`` (test, or valid while tuning).
 
     Returns ``{"missing_rate": {p: metrics}, "frame_missing_rate": {r: metrics}, "subsets": {name:
     metrics}, "arrays": {...}}`` where arrays hold what ``predictions.npz`` stores for this seed.
-    ``calibration`` is the validation-fitted ``Calibration`` (none: raw outputs).
+    ``calibration`` is the validation-fitted ``Calibration`` (none: raw outputs); ``tta`` adapts
+    on every batch of every pass (``training/tta.py``).
     """
     states = encode_split(model, split, batch_size, device, autocast)
     out: dict = {"missing_rate": {}, "frame_missing_rate": {}, "subsets": {}}
     preds_r, probs_r, p_pos_r, masks_r, weights_r = [], [], [], [], []
 
-    def run(presence: np.ndarray, st: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, Fused]:
-        fused = fuse_split(model, st, presence, device, autocast=autocast)
+    def run(presence: np.ndarray, st: dict, source: Split = split
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, Fused]:
+        fused = (fuse_split(model, st, presence, device, autocast=autocast) if tta is None else
+                 fuse_split(model, st, presence, device, batch_size, autocast, tta, source))
         preds, probs = predictions(fused, task, num_classes, presence, calibration)
         p_pos = positive_scores(fused, presence, calibration)
         return preds, probs, p_pos, sentiment_metrics(preds, split.labels, p_pos=p_pos), fused
@@ -177,8 +184,9 @@ def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rat
         subset_p_pos.append(p_pos)
     full = np.ones((split.n, 3), dtype=bool)
     for r in frame_rates:
-        st = states if r == 0 else encode_split(model, frame_missing(split, r), batch_size, device, autocast)
-        out["frame_missing_rate"][rate_key(r)] = run(full, st)[3]
+        source = split if r == 0 else frame_missing(split, r)
+        st = states if r == 0 else encode_split(model, source, batch_size, device, autocast)
+        out["frame_missing_rate"][rate_key(r)] = run(full, st, source)[3]
     out["arrays"] = {
         "preds": np.stack(preds_r).astype(np.float32),
         "probs": np.stack(probs_r).astype(np.float32),

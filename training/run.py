@@ -29,6 +29,7 @@ from training.errors import ConfigError, OutputError, UserError, writing
 from training.evaluate import aggregate, ensemble, evaluate_split, prediction_note
 from training.report import write_json_atomic, write_report
 from training.trainer import Trainer, frame_rates_for, load_for_eval, resolve_device
+from training.tta import build_tta
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def check_model_name(name: str) -> None:
 # Settings --eval_only takes from the command line (the data to evaluate on, the sweep, how it runs);
 # every other one, standardization included, comes from the checkpoint.
 EVAL_SETTINGS = (frozenset(fields_in("data", "run")) | {"batch_size", "eval_missing_rates",
-                                                         "eval_frame_missing_rates"}) - {"standardize"}
+                                                         "eval_frame_missing_rates", "tta", "tta_steps",
+                                                         "tta_lr", "tta_params"}) - {"standardize"}
 
 
 def resume_conflicts(saved: dict, cfg: Config) -> list[str]:
@@ -419,7 +421,8 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
             test = data.splits["test"]
             res = evaluate_split(model, test, cfg.eval_missing_rates,
                                  frame_rates_for(test, cfg.eval_frame_missing_rates), cfg.batch_size, device,
-                                 saved.task, saved.num_classes, cal, bool(cfg.amp and device.type == "cuda"))
+                                 saved.task, saved.num_classes, cal, bool(cfg.amp and device.type == "cuda"),
+                                 build_tta(effective, model))
             per_seed.append({"test": res, "calibration": {k: v.tolist() for k, v in cal.state_dict().items()}})
             seeds.append(int(f.parent.name.split("_")[-1]) if f.parent.name.startswith("seed_") else saved.seeds[0])
         metrics = _metrics(effective, per_seed, "test", 0.0, data.splits["test"].labels)

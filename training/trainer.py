@@ -34,6 +34,7 @@ from training.checkpoint import (
 from training.config import Config
 from training.errors import ConfigError, UserError
 from training.evaluate import evaluate_split, validation_score
+from training.tta import build_tta
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Trainer:
         self.autocast = bool(cfg.amp and self.device.type == "cuda")
         seed_everything(seed)
         self.model = create_model(cfg.model, cfg, data.dims).to(self.device)
+        self.tta = build_tta(cfg, self.model)  # refuses a model without the chosen parameters now, not after training
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         n_train = data.splits["train"].n
         self.steps_per_epoch = n_train // cfg.batch_size + (n_train % cfg.batch_size > 1)
@@ -334,7 +336,7 @@ class Trainer:
                      name, split.n, len(cfg.eval_missing_rates), len(frames))
             result[name] = evaluate_split(self.model, split, cfg.eval_missing_rates, frames, cfg.batch_size,
                                           self.device, cfg.task, cfg.num_classes, cal if name == "test" else None,
-                                          self.autocast)
+                                          self.autocast, self.tta)
         result.update(best_epoch=self.best_epoch, best_value=self.best_value,
                       calibration=None if cal is None else {k: v.tolist() for k, v in cal.state_dict().items()})
         return result
