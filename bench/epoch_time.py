@@ -1,9 +1,12 @@
-"""Epoch time of AttentionRobustV4 vs the ef_lstm baseline on the same data and batch size.
+"""Epoch time of AttentionRobustV4 vs the ef_lstm baseline, and of its three encoders, on the same
+data and batch size.
 
 Data: the embedded synthetic set (``datasets.make_synthetic()``: 1284 train samples, length 50,
-dims 300/5/20), standardized as a run does. Each model trains through the real trainer
+dims 300/5/20), standardized as a run does. Each configuration trains through the real trainer
 (``Trainer.train_epoch``: loader, train-time modality dropout, AdamW, clipping, schedule);
-epochs of the two models alternate and are compared by their medians. Target: <= 2x.
+epochs of all configurations alternate and are compared by their medians. Targets:
+AttentionRobustV4 (default MLP encoder) / ef_lstm <= 2x; the CfC / LSTM encoder ratio is reported
+(no target: ``ncps`` steps its cells in a Python loop, one call per time step and direction).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ from datasets import Standardizer, make_synthetic
 from training.config import Config
 from training.trainer import Trainer
 
-MODELS = ("attention_robust_v4", "ef_lstm")
+# label -> Config overrides
+RUNS = {
+    "attention_robust_v4": {},
+    "ef_lstm": {"model": "ef_lstm"},
+    "v4 lstm encoder": {"encoder": "lstm"},
+    "v4 cfc encoder": {"encoder": "cfc"},
+}
 
 
 def run(quick: bool = False) -> dict:
@@ -24,13 +33,17 @@ def run(quick: bool = False) -> dict:
     Standardizer.fit(data.splits["train"]).apply(data)
     reps = 2 if quick else 3
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {m: Trainer(Config(model=m, epochs=reps + 1, device="cpu"), data, 1111, Path(tmp) / m,
-                               progress=False) for m in MODELS}
-        t = interleaved({m: tr.train_epoch for m, tr in trainers.items()}, reps, warmup=1)
+        trainers = {label: Trainer(Config(**kw, epochs=reps + 1, device="cpu"), data, 1111,
+                                   Path(tmp) / label.replace(" ", "_"), progress=False)
+                    for label, kw in RUNS.items()}
+        t = interleaved({label: tr.train_epoch for label, tr in trainers.items()}, reps, warmup=1)
     n, bs = data.splits["train"].n, Config().batch_size
-    for m in MODELS:
-        print(f"{m:>20}: epoch median {median(t[m]):.2f} s  ({n / median(t[m]):.0f} samples/s; "
-              f"epochs {', '.join(f'{x:.2f}' for x in t[m])})")
+    for label in RUNS:
+        print(f"{label:>20}: epoch median {median(t[label]):.2f} s  ({n / median(t[label]):.0f} samples/s; "
+              f"epochs {', '.join(f'{x:.2f}' for x in t[label])})")
     ratio = median(t["attention_robust_v4"]) / median(t["ef_lstm"])
     print(f"attention_robust_v4 / ef_lstm = {ratio:.2f}x  {verdict(ratio, 2.0)}  ({n} samples, batch {bs})")
-    return {f"{m}_epoch_s": median(t[m]) for m in MODELS} | {"ratio": ratio, "reps": reps, "n_train": n}
+    cfc = median(t["v4 cfc encoder"]) / median(t["v4 lstm encoder"])
+    print(f"cfc encoder / lstm encoder = {cfc:.2f}x  (reported, no target)")
+    return ({f"{label.replace(' ', '_')}_epoch_s": median(t[label]) for label in RUNS}
+            | {"ratio": ratio, "cfc_over_lstm": cfc, "reps": reps, "n_train": n})

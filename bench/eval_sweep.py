@@ -7,6 +7,10 @@ plain: ``encode_split`` + one ``fuse_split`` with every modality present + ``sen
 sweep: ``evaluate_split`` with the 8 default rates and no frame-level rates: one encode, then
 15 fuse passes (8 rates + 7 subsets) with metrics. Because ``encode`` never reads presence, the
 sweep re-uses the encoded states and only the (small) fusion runs 15 times. Target: <= 1.5x.
+
+Test-time adaptation (``--tta tent``, one step, batches of 32) is timed against the same sweep
+without it: ``fusion`` adapts fuse-side parameters and reuses the encoded states; ``norm`` includes
+the encoder LayerNorms, so every batch is re-encoded twice per mask (reported, no target).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from modules.registry import create_model
 from training.config import DEFAULT_RATES, Config
 from training.evaluate import encode_split, evaluate_split, fuse_split
 from training.metrics import sentiment_metrics
+from training.tta import Tent
 
 
 def run(quick: bool = False) -> dict:
@@ -53,11 +58,18 @@ def run(quick: bool = False) -> dict:
     reps = 3 if quick else 5
     t = interleaved({"plain": plain, "sweep": sweep}, reps, warmup=1)
     p = interleaved(parts, reps, warmup=1)
+    tta = interleaved({"sweep": sweep} | {
+        f"sweep + tent {which}": (lambda w=which: evaluate_split(
+            model, test, DEFAULT_RATES, [], cfg.batch_size, cpu, cfg.task, cfg.num_classes, tta=Tent(model, w)))
+        for which in ("fusion", "norm")}, 1 if quick else 3, warmup=0)
     ratio = median(t["sweep"]) / median(t["plain"])
     print(f"plain pass (encode + fuse + metrics): {spread(t['plain'])}")
     print(f"sweep (8 rates + 7 subsets)         : {spread(t['sweep'])}")
     for k, v in p.items():
         print(f"  component {k:>28}: {spread(v)}")
     print(f"sweep / plain = {ratio:.2f}x  {verdict(ratio, 1.5)}  ({test.n} test samples)")
+    for k, v in tta.items():
+        print(f"{k:>20}: {spread(v)}  ({median(v) / median(tta['sweep']):.1f}x the sweep without)")
     return {"plain_ms": 1e3 * median(t["plain"]), "sweep_ms": 1e3 * median(t["sweep"]), "ratio": ratio,
-            **{f"{k.replace(' ', '_').replace(',', '')}_ms": 1e3 * median(v) for k, v in p.items()}}
+            **{f"{k.replace(' ', '_').replace(',', '')}_ms": 1e3 * median(v) for k, v in p.items()},
+            **{f"tta_{k.replace(' ', '_')}_ms": 1e3 * median(v) for k, v in tta.items()}}

@@ -12,12 +12,11 @@ import torch
 from datasets import MultimodalTensorDataset, make_synthetic
 from modules.presence import MODALITIES
 from modules.registry import create_model
+from tests.helpers import tiny_args, tiny_pickle
 from training.cli import main as cli_main
 from training.config import Config
 from training.evaluate import encode_split, evaluate_split
 from training.tta import Tent, build_tta, prediction_entropy, tta_parameters
-
-from tests.helpers import tiny_args, tiny_pickle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
