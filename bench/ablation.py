@@ -48,6 +48,7 @@ VARIANTS: dict[str, dict] = {
     "tta_tent_fusion": {"tta": "tent", "tta_params": "fusion"},
     "tta_tent_norm+fusion": {"tta": "tent", "tta_params": "norm+fusion"},
     "tta_tent_norm_5x1e-2": {"tta": "tent", "tta_params": "norm", "tta_steps": 5, "tta_lr": 1e-2},
+    "tta_tent_norm+fusion_5x1e-2": {"tta": "tent", "tta_params": "norm+fusion", "tta_steps": 5, "tta_lr": 1e-2},
 }
 
 
