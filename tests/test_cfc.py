@@ -86,6 +86,7 @@ def test_the_model_with_cfc_never_leaks_a_missing_modality() -> None:
         assert torch.equal(model(batch, presence)["score"], model(garbage, presence)["score"]), m
 
 
+@pytest.mark.slow
 def test_the_model_learns_with_cfc_encoders() -> None:
     torch.manual_seed(0)
     n, dims = 32, {"text": 6, "audio": 4, "vision": 5}
@@ -119,6 +120,7 @@ def test_the_model_learns_with_cfc_encoders() -> None:
     assert end < 0.5 * start and end < 0.4, (start, end)
 
 
+@pytest.mark.slow
 def test_cli_trains_and_sweeps_with_cfc(tmp_path) -> None:
     data = tiny_pickle(tmp_path / "tiny.pkl")
     assert cli_main(tiny_args(data, tmp_path / "run", "--encoder", "cfc")) == 0

@@ -150,6 +150,7 @@ def test_a_model_without_the_chosen_parameters_is_refused(name, which, kw) -> No
         Tent(make_model(name, **kw), which)
 
 
+@pytest.mark.slow
 def test_cli_refuses_before_training_and_runs_with_tent(tmp_path, capsys) -> None:
     data = tiny_pickle(tmp_path / "tiny.pkl")
     out = tmp_path / "bad"
