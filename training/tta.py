@@ -48,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 from datasets import MultimodalTensorDataset, Split
+from training.errors import ConfigError
 
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 PARAM_SETS = ("norm", "fusion", "norm+fusion")
@@ -56,10 +57,10 @@ PARAM_SETS = ("norm", "fusion", "norm+fusion")
 def tta_parameters(model: nn.Module, which: str) -> dict[str, nn.Parameter]:
     """The parameters ``which`` (one of ``PARAM_SETS``) names, by their ``named_parameters`` name.
 
-    Raises ValueError when the model has none of a named kind.
+    Raises ConfigError (a ValueError) when the model has none of a named kind.
     """
     if which not in PARAM_SETS:
-        raise ValueError(f"unknown --tta_params {which!r}; choose one of {', '.join(PARAM_SETS)}")
+        raise ConfigError(f"unknown --tta_params {which!r}; choose one of {', '.join(PARAM_SETS)}")
     chosen: set[int] = set()
     for part in which.split("+"):
         if part == "norm":
@@ -70,7 +71,7 @@ def tta_parameters(model: nn.Module, which: str) -> dict[str, nn.Parameter]:
             found = list(fusion.parameters()) if isinstance(fusion, nn.Module) else []
             what = "learned fusion gate (a `fusion` module with parameters)"
         if not found:
-            raise ValueError(f"--tta_params {which}: model {type(model).__name__} has no {what}; "
+            raise ConfigError(f"--tta_params {which}: model {type(model).__name__} has no {what}; "
                              f"choose another --tta_params or --tta none")
         chosen.update(id(p) for p in found)
     return {n: p for n, p in model.named_parameters() if id(p) in chosen}
@@ -92,7 +93,7 @@ class Tent:
 
     def __init__(self, model: nn.Module, params: str = "norm", steps: int = 1, lr: float = 1e-3):
         if steps < 1 or lr <= 0:
-            raise ValueError(f"test-time adaptation needs steps >= 1 and lr > 0 (got {steps}, {lr})")
+            raise ConfigError(f"test-time adaptation needs steps >= 1 and lr > 0 (got {steps}, {lr})")
         self.model, self.which, self.steps, self.lr = model, params, steps, lr
         self.params = tta_parameters(model, params)
         self.in_encode: bool | None = None  # found on the first batch
@@ -146,9 +147,9 @@ class Tent:
 
 def build_tta(cfg, model: nn.Module) -> Tent | None:
     """The adaptation ``cfg.tta`` asks for (None for ``"none"``); refuses a model without the
-    chosen parameters in one line (ValueError)."""
+    chosen parameters in one line (ConfigError)."""
     if cfg.tta == "none":
         return None
     if cfg.tta != "tent":
-        raise ValueError(f"unknown --tta {cfg.tta!r}; choose none or tent")
+        raise ConfigError(f"unknown --tta {cfg.tta!r}; choose none or tent")
     return Tent(model, cfg.tta_params, cfg.tta_steps, cfg.tta_lr)
