@@ -2,6 +2,10 @@
 
 A batch is a dict: "text" (B, Lt, Dt), "audio" (B, La, Da), "vision" (B, Lv, Dv) float32,
 "lengths" (B, 3) int64, "presence" (B, 3) bool, "labels" (B,) float32, "index" (B,) int64 rows.
+
+``SplitTensors`` is the training path: the split's arrays wrapped once (no copy), on the compute
+device when they fit there, and batches gathered with index tensors (``index_select``), so a step
+never copies more than its own rows and never indexes on the host when the data is resident.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ class MultimodalTensorDataset(Dataset):
         if isinstance(indices, int | np.integer):
             indices = [int(indices)]
         index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        batch = {m: self.features[m][index] for m in MODALITIES}
+        batch = {m: self.features[m][index].float() for m in MODALITIES}  # float16 storage -> float32
         batch["lengths"] = self.lengths[index]
         batch["labels"] = self.labels[index]
         batch["index"] = index
@@ -77,3 +81,56 @@ def make_loader(split: Split, batch_size: int, shuffle: bool, generator: torch.G
     base = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     sampler = BatchSampler(base, batch_size=batch_size, drop_last=drop_last)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+
+RESIDENT_FRACTION = 0.5  # data goes onto a CUDA device when it needs at most this share of its free memory
+
+
+def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """(n,) int64: the row order ``make_loader(shuffle=True)`` gives with this generator, drawn the same
+    way (``RandomSampler``), so either path gives identical batches for the same seed."""
+    return torch.tensor(list(RandomSampler(range(n), generator=generator)), dtype=torch.long)
+
+
+def batch_slices(n: int, batch_size: int, drop_last: bool) -> list[slice]:
+    """Positions of the batches of an epoch over ``n`` rows, as ``BatchSampler`` cuts them."""
+    stop = n - n % batch_size if drop_last else n
+    return [slice(i, min(i + batch_size, n)) for i in range(0, stop, batch_size)]
+
+
+class SplitTensors:
+    """A Split's arrays as tensors for gathering batches on ``device``.
+
+    On CUDA the arrays are copied to the device once when they fit (``resident``: at most
+    RESIDENT_FRACTION of its free memory, or forced by the argument); otherwise they stay on the
+    host (``torch.from_numpy``, no copy) and each gathered batch travels through pinned memory
+    with ``non_blocking``. Features stored as float16 are gathered as float16 and cast to float32
+    on ``device``.
+    """
+
+    def __init__(self, split: Split, device: torch.device | str = "cpu", resident: bool | None = None):
+        self.device = torch.device(device)
+        host = {m: torch.from_numpy(split.features(m)) for m in MODALITIES}
+        host["lengths"] = torch.from_numpy(np.ascontiguousarray(split.lengths, dtype=np.int64))
+        host["labels"] = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
+        if self.device.type == "cpu":
+            resident = True
+        elif resident is None:
+            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+            resident = sum(t.nbytes for t in host.values()) <= RESIDENT_FRACTION * free
+        self.resident = bool(resident)
+        self.tensors = {k: v.to(self.device) for k, v in host.items()} if self.resident else host
+        self.pin = not self.resident and self.device.type == "cuda"
+
+    def gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The batch of rows ``index`` (1-D int64, any device) on ``device``, every modality present."""
+        index = index.to(next(iter(self.tensors.values())).device, non_blocking=True)
+        batch = {k: v.index_select(0, index) for k, v in self.tensors.items()}
+        batch["index"] = index
+        if self.pin:
+            batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        for m in MODALITIES:
+            if batch[m].dtype != torch.float32:
+                batch[m] = batch[m].float()
+        batch["presence"] = torch.ones(len(index), 3, dtype=torch.bool, device=self.device)
+        return batch

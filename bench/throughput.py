@@ -1,0 +1,93 @@
+"""Training throughput and op count per step of every model, side by side, at MOSI and MOSEI shapes.
+
+Data: generated in memory at the MMSA unaligned shapes (``bench/shapes.py``): MOSI text (N, 50, 768),
+audio (N, 375, 5), vision (N, 500, 20); MOSEI text (N, 50, 768), audio (N, 500, 74), vision
+(N, 500, 35); a small N on the CPU. Each model trains through the real ``Trainer.train_epoch``
+(batch 32, default config; bf16 autocast on CUDA): the default AttentionRobustV4 (mlp encoder),
+``--encoder lstm`` and the baselines tfn, lf_dnn, ef_lstm. Epochs of all models alternate and are
+compared by their medians; every figure is also given as a ratio against the default model
+measured beside it.
+
+Op count: one epoch under ``torch.profiler``, per training step: ``aten::`` ops dispatched, host
+syncs (``aten::_local_scalar_dense``: ``.item()``/``float()``/``bool()`` of a tensor, plus
+``aten::nonzero``), and on CUDA the kernel launches (``cudaLaunchKernel`` and its kin).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench import interleaved, median
+from bench.shapes import SHAPES, make_shaped
+from datasets import Standardizer
+from training.config import Config
+from training.trainer import Trainer
+
+MODELS: dict[str, dict] = {
+    "default": {},
+    "lstm": {"encoder": "lstm"},
+    "tfn": {"model": "tfn"},
+    "lf_dnn": {"model": "lf_dnn"},
+    "ef_lstm": {"model": "ef_lstm"},
+}
+
+
+def op_counts(trainer: Trainer, device: torch.device) -> dict[str, float]:
+    """Per training step: aten ops, host syncs, nonzero calls and (CUDA) kernel launches."""
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        trainer.train_epoch()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    steps = trainer.steps_per_epoch
+    names = [e.name for e in prof.events()]
+    return {"aten_ops": sum(n.startswith("aten::") for n in names) / steps,
+            "syncs": sum(n in ("aten::_local_scalar_dense", "aten::nonzero") for n in names) / steps,
+            "launches": sum("LaunchKernel" in n for n in names) / steps}
+
+
+def measure(shape: str, n_train: int, device: torch.device, reps: int) -> dict[str, dict]:
+    data = make_shaped(shape, (n_train, 32, 32))
+    Standardizer.fit(data.splits["train"]).apply(data)
+    amp = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {name: Trainer(Config(**over, epochs=reps + 3, device=str(device), amp=amp), data, 1111,
+                                  Path(tmp) / name, progress=False) for name, over in MODELS.items()}
+
+        def epoch(tr: Trainer):
+            def fn() -> None:
+                tr.train_epoch()
+                sync()
+            return fn
+
+        times = interleaved({name: epoch(tr) for name, tr in trainers.items()}, reps, warmup=1)
+        figs = {}
+        for name, tr in trainers.items():
+            samples = tr.steps_per_epoch * tr.cfg.batch_size
+            figs[name] = {"samples_per_s": min(samples, n_train) / median(times[name]), **op_counts(tr, device)}
+    return figs
+
+
+def run(quick: bool = False, device: str = "cpu") -> dict:
+    dev = torch.device(device)
+    n_train = (64 if quick else 128) if dev.type == "cpu" else (1024 if quick else 4096)
+    reps = 1 if quick else 3
+    out = {}
+    for shape in SHAPES:
+        figs = measure(shape, n_train, dev, reps)
+        ref = figs["default"]
+        print(f"{shape} shape ({', '.join(f'{m} {L}x{D}' for m, (L, D) in SHAPES[shape].items())}), "
+              f"{n_train} train samples, batch 32, {dev}:")
+        print(f"  {'model':>8} {'samples/s':>10} {'x default':>9} {'aten ops/step':>13} {'x default':>9} "
+              f"{'syncs/step':>10} {'launches/step':>13}")
+        for name, f in figs.items():
+            print(f"  {name:>8} {f['samples_per_s']:10.1f} {f['samples_per_s'] / ref['samples_per_s']:9.2f} "
+                  f"{f['aten_ops']:13.0f} {f['aten_ops'] / ref['aten_ops']:9.2f} {f['syncs']:10.1f} "
+                  f"{f['launches']:13.0f}")
+        out[shape] = figs
+    return out
