@@ -33,7 +33,7 @@ from sklearn.metrics import log_loss
 from torch import nn
 
 from datasets import SUBSETS, Split, subset_masks
-from training.evaluate import encode_split, fuse_split, presence_patterns
+from training.evaluate import fuse_many, presence_patterns
 from training.metrics import positive_probability
 
 PROBABILITY_SOURCES = ("score", "class", "blend")
@@ -180,14 +180,12 @@ def fit_calibration(model: nn.Module, valid: Split, num_classes: int, batch_size
 
     if probability not in PROBABILITY_SOURCES:
         raise ValueError(f"unknown probability source {probability!r}; expected one of {PROBABILITY_SOURCES}")
-    states = encode_split(model, valid, batch_size, device)
     targets = labels_to_classes(torch.from_numpy(valid.labels), num_classes).numpy()
     cal = Calibration(source=probability)
     patterns, scores, logits = [], [], []
-    for name in SUBSETS:
-        masks = subset_masks(valid.n, name)
+    all_masks = [subset_masks(valid.n, name) for name in SUBSETS]
+    for masks, fused in zip(all_masks, fuse_many(model, valid, all_masks, batch_size, device)):
         k = int(presence_patterns(masks[:1])[0])
-        fused = fuse_split(model, states, masks, device)
         if temperature:
             cal.temperatures[k] = fit_temperature(fused.logits, targets)
         if score:

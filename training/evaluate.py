@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import SUBSETS, Split, frame_missing, make_loader, modality_masks, rate_key, subset_masks
+from datasets import SUBSETS, Split, SplitTensors, frame_missing, modality_masks, rate_key, subset_masks
 from training.metrics import mean_std, positive_probability, sentiment_metrics
 from training.tta import Tent
 
@@ -37,19 +37,51 @@ class Fused:
     weights: np.ndarray | None = None
 
 
+EVAL_BATCH = 512  # rows encoded at once in evaluation (at least the training batch size)
+
+
+def _eval_rows(batch_size: int) -> int:
+    return max(batch_size, EVAL_BATCH)
+
+
 @torch.no_grad()
 def encode_split(model: nn.Module, split: Split, batch_size: int, device: torch.device,
                  autocast: bool = False) -> dict[str, torch.Tensor]:
-    """Encode every sample of ``split`` once (eval mode); states concatenated on the CPU."""
+    """Encode every sample of ``split`` once (eval mode); states concatenated on the CPU.
+
+    This holds the states of the whole split (for AttentionRobustV4 about 3x the features: every
+    token's key and value); the sweeps use ``fuse_many``, which holds one chunk's.
+    """
     model.eval()
+    source = SplitTensors(split, device)
+    rows = _eval_rows(batch_size)
     parts: dict[str, list[torch.Tensor]] = {}
-    for batch in make_loader(split, batch_size=max(batch_size, 256), shuffle=False):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for i in range(0, split.n, rows):
+        batch = source.gather(torch.arange(i, min(i + rows, split.n)))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             states = model.encode(batch)
         for k, v in states.items():
             parts.setdefault(k, []).append((v.float() if v.is_floating_point() else v).cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _fuse_chunk(model: nn.Module, states: dict[str, torch.Tensor], presence: torch.Tensor,
+                autocast: bool, device: torch.device, tta: Tent | None = None, source: Split | None = None,
+                start: int = 0) -> tuple[torch.Tensor, ...]:
+    """(score, logits, fusion weights or None) of one chunk; with ``tta`` the chunk (rows ``start`` on of
+    ``source``) is adapted on first."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = (model.fuse(states, presence) if tta is None
+               else tta(states, presence, source, range(start, start + len(presence))))
+    w = out.get("diagnostics", {}).get("fusion_weights")
+    return out["score"].float(), out["logits"].float(), None if w is None else w.float()
+
+
+def _collect(parts: list[tuple[torch.Tensor, ...]]) -> Fused:
+    """One Fused from per-chunk (score, logits, weights) device tensors: one copy to the host each."""
+    score, logits = (torch.cat([p[j] for p in parts]).cpu().numpy() for j in (0, 1))
+    weights = torch.cat([p[2] for p in parts]).cpu().numpy() if parts and parts[0][2] is not None else None
+    return Fused(score, logits, weights)
 
 
 @torch.no_grad()
@@ -60,20 +92,35 @@ def fuse_split(model: nn.Module, states: dict[str, torch.Tensor], presence: np.n
     ``batch_size`` rows is first adapted on (``training/tta.py``; ``source``: the encoded split)."""
     model.eval()
     n = len(presence)
-    pres = torch.from_numpy(np.asarray(presence, dtype=bool))
-    scores, logits, weights = [], [], []
+    pres = torch.from_numpy(np.asarray(presence, dtype=bool)).to(device)
+    parts = []
     for i in range(0, n, batch_size):
-        chunk = {k: v[i:i + batch_size].to(device) for k, v in states.items()}
+        chunk = {k: v[i:i + batch_size].to(device, non_blocking=True) for k, v in states.items()}
+        parts.append(_fuse_chunk(model, chunk, pres[i:i + batch_size], autocast, device, tta, source, i))
+    return _collect(parts)
+
+
+@torch.no_grad()
+def fuse_many(model: nn.Module, split: Split, presences: list[np.ndarray], batch_size: int,
+              device: torch.device, autocast: bool = False, tta: Tent | None = None) -> list[Fused]:
+    """``[fuse of split under presences[j] (N, 3) bool for each j]``, encoding each chunk of rows once.
+
+    Equal to ``encode_split`` + one ``fuse_split`` per mask, but only one chunk's states exist at a
+    time (on ``device``: no host round trip per mask), and all masks go to the device in one copy.
+    With ``tta`` the chunks are the evaluation batches (``batch_size`` rows), each adapted on.
+    """
+    model.eval()
+    source = SplitTensors(split, device)
+    masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences])).to(device)  # (K, N, 3)
+    rows = _eval_rows(batch_size) if tta is None else batch_size
+    parts: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in presences]
+    for i in range(0, split.n, rows):
+        batch = source.gather(torch.arange(i, min(i + rows, split.n)))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            p = pres[i:i + batch_size].to(device)
-            out = model.fuse(chunk, p) if tta is None else tta(chunk, p, source, range(i, i + len(p)))
-        scores.append(out["score"].float().cpu())
-        logits.append(out["logits"].float().cpu())
-        w = out.get("diagnostics", {}).get("fusion_weights")
-        if w is not None:
-            weights.append(w.float().cpu())
-    return Fused(torch.cat(scores).numpy(), torch.cat(logits).numpy(),
-                 torch.cat(weights).numpy() if weights else None)
+            states = model.encode(batch)
+        for j in range(len(presences)):
+            parts[j].append(_fuse_chunk(model, states, masks[j, i:i + rows], autocast, device, tta, split, i))
+    return [_collect(p) for p in parts]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -128,10 +175,9 @@ def validation_score(model: nn.Module, split: Split, metric: str, batch_size: in
     if metric not in OBJECTIVES:
         raise ValueError(f"unknown selection metric {metric!r}; use one of {', '.join(OBJECTIVES)}")
     name, rates = OBJECTIVES[metric]
-    states = encode_split(model, split, batch_size, device)
     per_rate = {}
-    for p in rates:
-        fused = fuse_split(model, states, modality_masks(split.n, p), device)
+    sweep = fuse_many(model, split, [modality_masks(split.n, p) for p in rates], batch_size, device)
+    for p, fused in zip(rates, sweep):
         preds, probs = predictions(fused, task, num_classes)
         per_rate[p] = sentiment_metrics(preds, split.labels, probs)
     value = float(np.mean([m[name] for m in per_rate.values()]))
@@ -154,21 +200,24 @@ def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rat
     ``calibration`` is the validation-fitted ``Calibration`` (none: raw outputs); ``tta`` adapts
     on every batch of every pass (``training/tta.py``).
     """
-    states = encode_split(model, split, batch_size, device, autocast)
     out: dict = {"missing_rate": {}, "frame_missing_rate": {}, "subsets": {}}
     preds_r, probs_r, p_pos_r, masks_r, weights_r = [], [], [], [], []
+    full = np.ones((split.n, 3), dtype=bool)
+    # one encoder pass for every rate, every subset and frame rate 0 (fuse_many holds one chunk's states)
+    presences = ([modality_masks(split.n, p) for p in rates] + [subset_masks(split.n, name) for name in SUBSETS]
+                 + [full] * sum(r == 0 for r in frame_rates))
+    fused_all = iter(fuse_many(model, split, presences, batch_size, device, autocast, tta))
 
-    def run(presence: np.ndarray, st: dict, source: Split = split
+    def run(presence: np.ndarray, frames: Split | None = None
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, Fused]:
-        fused = (fuse_split(model, st, presence, device, autocast=autocast) if tta is None else
-                 fuse_split(model, st, presence, device, batch_size, autocast, tta, source))
+        fused = next(fused_all) if frames is None else fuse_many(model, frames, [presence], batch_size, device,
+                                                                  autocast, tta)[0]
         preds, probs = predictions(fused, task, num_classes, presence, calibration)
         p_pos = positive_scores(fused, presence, calibration)
         return preds, probs, p_pos, sentiment_metrics(preds, split.labels, p_pos=p_pos), fused
 
-    for p in rates:
-        masks = modality_masks(split.n, p)
-        preds, probs, p_pos, m, fused = run(masks, states)
+    for p, masks in zip(rates, presences):
+        preds, probs, p_pos, m, fused = run(masks)
         out["missing_rate"][rate_key(p)] = m
         preds_r.append(preds)
         probs_r.append(probs)
@@ -178,15 +227,12 @@ def evaluate_split(model: nn.Module, split: Split, rates: list[float], frame_rat
             weights_r.append(fused.weights)
     subset_preds, subset_p_pos = [], []
     for name in SUBSETS:
-        preds, _, p_pos, m, _ = run(subset_masks(split.n, name), states)
+        preds, _, p_pos, m, _ = run(subset_masks(split.n, name))
         out["subsets"][name] = m
         subset_preds.append(preds)
         subset_p_pos.append(p_pos)
-    full = np.ones((split.n, 3), dtype=bool)
     for r in frame_rates:
-        source = split if r == 0 else frame_missing(split, r)
-        st = states if r == 0 else encode_split(model, source, batch_size, device, autocast)
-        out["frame_missing_rate"][rate_key(r)] = run(full, st, source)[3]
+        out["frame_missing_rate"][rate_key(r)] = run(full, None if r == 0 else frame_missing(split, r))[3]
     out["arrays"] = {
         "preds": np.stack(preds_r).astype(np.float32),
         "probs": np.stack(probs_r).astype(np.float32),
