@@ -10,11 +10,21 @@ never copies more than its own rows and never indexes on the host when the data 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from .types import MODALITIES, Split
+
+
+def _as_tensor(x: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` without a copy; read-only arrays (a memory-mapped feature cache) are
+    only ever read here, so torch's warning about them does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(x)
 
 
 def apply_presence(batch: dict, presence: torch.Tensor) -> dict:
@@ -42,7 +52,7 @@ class MultimodalTensorDataset(Dataset):
 
     def __init__(self, split: Split, presence: np.ndarray | None = None):
         self.split = split
-        self.features = {m: torch.from_numpy(split.features(m)) for m in MODALITIES}
+        self.features = {m: _as_tensor(split.features(m)) for m in MODALITIES}
         self.lengths = torch.from_numpy(np.ascontiguousarray(split.lengths, dtype=np.int64))
         self.labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
         if presence is None:
@@ -110,7 +120,7 @@ class SplitTensors:
 
     def __init__(self, split: Split, device: torch.device | str = "cpu", resident: bool | None = None):
         self.device = torch.device(device)
-        host = {m: torch.from_numpy(split.features(m)) for m in MODALITIES}
+        host = {m: _as_tensor(split.features(m)) for m in MODALITIES}
         host["lengths"] = torch.from_numpy(np.ascontiguousarray(split.lengths, dtype=np.int64))
         host["labels"] = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
         if self.device.type == "cpu":

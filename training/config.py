@@ -78,6 +78,12 @@ class Config:
                          group="data", kind="preprocess")
     standardize: bool = _f(True, "per-feature standardization fitted on the train split only",
                            group="data", kind="switch preprocess")
+    feature_dtype: str = _f("float32", "storage of the features in memory (batches are computed in float32); "
+                            "float16 halves the memory, after standardization", ["float32", "float16"],
+                            group="data", kind="preprocess")
+    feature_cache: str | None = _f(None, "folder for a cache of the cleaned, standardized splits as memory-mapped "
+                                   ".npy files, written once and reused: memory no longer grows with N",
+                                   group="data", kind="resumable")
     # ---- model ------------------------------------------------------------------------------
     model: str = _f("attention_robust_v4", "model name (attention_robust_v4 or a baseline)", group="model")
     encoder: str = _f("mlp", "variational encoder kind", ["mlp", "lstm", "cfc"], group="model", kind="search")

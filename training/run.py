@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from datasets import MODALITIES, DataError, MultimodalData, Standardizer, load_data, rate_key
+from datasets.storage import cache_key, cached, to_dtype
 from training.calibration import Calibration
 from training.checkpoint import CheckpointError
 from training.config import RESUMABLE_CHANGES, Config, fields_in
@@ -79,9 +80,22 @@ def standardize(data: MultimodalData, cfg: Config, stats: dict | None = None) ->
 
 def load_and_standardize(cfg: Config, stats: dict | None = None) -> tuple[MultimodalData, dict]:
     """Load the configured data and standardize it: with train statistics, or with ``stats``
-    (the statistics a checkpoint carries). Returns the data and the statistics as tensors."""
+    (the statistics a checkpoint carries). Returns the data and the statistics as tensors.
+    Features are stored as ``cfg.feature_dtype``; with ``cfg.feature_cache`` they are read from
+    (or written once to) a memory-mapped cache of the standardized splits."""
+    if cfg.feature_cache:
+        key = cache_key({**{k: getattr(cfg, k) for k in ("dataset", "data_path", "data_format", "synthetic_seed",
+                                                          "nan_policy", "standardize", "feature_dtype")},
+                         "stats": {k: np.asarray(v).tolist() for k, v in (stats or {}).items()}})
+        return cached(cfg.feature_cache, key, lambda: _load_and_standardize(cfg, stats))
+    return _load_and_standardize(cfg, stats)
+
+
+def _load_and_standardize(cfg: Config, stats: dict | None) -> tuple[MultimodalData, dict]:
     data = load_raw(cfg)
-    return data, standardize(data, cfg, stats)
+    stats = standardize(data, cfg, stats)
+    to_dtype(data, cfg.feature_dtype)
+    return data, stats
 
 
 def check_magnitudes(data: MultimodalData) -> None:
