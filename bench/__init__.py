@@ -1,6 +1,6 @@
 """Speed and memory benchmarks (not tests): ``python -m bench [NAME ...]``.
 
-Each benchmark module has ``run(quick: bool) -> dict`` that prints its figures, measured side by
+Each benchmark module has ``run(quick: bool, device: str) -> dict`` that prints its figures, measured side by
 side in one process (interleaved repetitions, medians), as ratios against the target. The
 shared helpers below describe the machine and time callables.
 """
@@ -15,11 +15,28 @@ from collections.abc import Callable
 
 import torch
 
-BENCHMARKS = ("aecf_gate", "epoch_time", "eval_sweep", "memory")
+BENCHMARKS = ("aecf_gate", "epoch_time", "eval_sweep", "memory", "throughput")
 
 
-def machine() -> str:
-    """CPU model, cores, thread count, python and torch versions, in one line."""
+def check_device(name: str) -> str:
+    """``name`` when it is cpu, or cuda[:N] with that card present; ValueError in one line otherwise."""
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise ValueError(f"unsupported device {name!r}; use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for but no CUDA device is available; use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return str(dev)
+
+
+def machine(device: str = "cpu") -> str:
+    """CPU model, cores, thread count, python and torch versions (and the GPU when used), in one line."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -28,7 +45,8 @@ def machine() -> str:
         pass
     return (f"{cpu}; {os.cpu_count()} logical cores; torch {torch.__version__} ({torch.get_num_threads()} "
             f"threads); python {platform.python_version()}; {platform.system()} {platform.release()}; "
-            f"load average at start {os.getloadavg()[0]:.2f}")
+            f"load average at start {os.getloadavg()[0]:.2f}"
+            + (f"; {torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda}" if device != "cpu" else ""))
 
 
 def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 1) -> dict[str, list[float]]:

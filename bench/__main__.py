@@ -7,7 +7,7 @@ import importlib
 import json
 import sys
 
-from bench import BENCHMARKS, machine
+from bench import BENCHMARKS, check_device, machine
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,15 +16,27 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller sizes (smoke run)")
     parser.add_argument("--json", help="also write every figure to this JSON file")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default), cuda or cuda:N: where the models run in every benchmark")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="memory: fraction of MOSEI's N to generate (default 0.05; 0.01 with --quick)")
     args = parser.parse_args(argv)
+    try:
+        device = check_device(args.device)
+    except ValueError as err:
+        print(f"python -m bench: {err}", file=sys.stderr)
+        return 2
+    if args.scale is not None and not 0 < args.scale <= 1:
+        parser.error(f"--scale must lie in (0, 1], got {args.scale}")
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    print(f"machine: {machine()}", flush=True)
-    results = {"machine": machine()}
+    print(f"machine: {machine(device)}", flush=True)
+    results = {"machine": machine(device)}
     for name in args.names or BENCHMARKS:
         print(f"\n== {name} ==", flush=True)
-        results[name] = importlib.import_module(f"bench.{name}").run(args.quick)
+        kw = {"scale": args.scale} if name == "memory" else {}
+        results[name] = importlib.import_module(f"bench.{name}").run(args.quick, device, **kw)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=2)

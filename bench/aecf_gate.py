@@ -14,16 +14,17 @@ from bench import interleaved, median, spread, verdict
 from datasets import apply_presence, sample_presence
 from modules.registry import create_model
 from training.config import Config
-from training.trainer import loss_terms
+from training.trainer import build_optimizer, loss_terms
 
 DIMS = {"text": 300, "audio": 5, "vision": 20}
 
 
 def make_step(use_aecf: bool, batches: list[dict]):
+    dev = batches[0]["labels"].device
     cfg = Config(use_aecf=use_aecf)
     torch.manual_seed(0)
-    model = create_model("attention_robust_v4", cfg, DIMS).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model = create_model("attention_robust_v4", cfg, DIMS).to(dev).train()
+    opt = build_optimizer(cfg, model, dev)
     state = {"i": 0}
 
     def step() -> None:
@@ -35,6 +36,8 @@ def make_step(use_aecf: bool, batches: list[dict]):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     return step
 
@@ -54,8 +57,9 @@ def fixed_batches(n: int, b: int = 32, length: int = 50) -> list[dict]:
     return out
 
 
-def run(quick: bool = False) -> dict:
-    batches = fixed_batches(4)
+def run(quick: bool = False, device: str = "cpu") -> dict:
+    dev = torch.device(device)
+    batches = [{k: v.to(dev) for k, v in b.items()} for b in fixed_batches(4)]
     reps = 20 if quick else 120
     t = interleaved({"on": make_step(True, batches), "off": make_step(False, batches)}, reps, warmup=3)
     ratio = median(t["on"]) / median(t["off"])

@@ -28,12 +28,12 @@ RUNS = {
 }
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, device: str = "cpu") -> dict:
     data = make_synthetic()
     Standardizer.fit(data.splits["train"]).apply(data)
     reps = 2 if quick else 3
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = {label: Trainer(Config(**kw, epochs=reps + 1, device="cpu"), data, 1111,
+        trainers = {label: Trainer(Config(**kw, epochs=reps + 1, device=device), data, 1111,
                                    Path(tmp) / label.replace(" ", "_"), progress=False)
                     for label, kw in RUNS.items()}
         t = interleaved({label: tr.train_epoch for label, tr in trainers.items()}, reps, warmup=1)

@@ -1,16 +1,18 @@
-"""Peak resident memory and throughput of a training run on MOSEI-sized generated data.
+"""Peak host memory of a whole run on MOSEI-shaped data read from an MMSA pickle, as a multiple of the
+feature bytes: ``python -m bench memory --scale 0.25``.
 
-Full MOSEI shapes (``make_synthetic(n_train=16326, n_valid=1871, n_test=4659, seq_len=500,
-dims=(768, 74, 35))``) need 22856 * 500 * 877 * 4 B = 40.1 GB of float32 features (28.6 GB for
-train alone), more than this machine's memory, so the run is measured at two reduced sizes with
-MOSEI's split proportions and every other shape unchanged; the peak RSS is fitted as
-``a + b * N`` and ``b`` is compared with the raw feature bytes per sample (1.754 MB): a data
-layer that held extra copies of the arrays would show ``b`` well above 1.754 MB.
+MOSEI shape (``bench/shapes.py``): train/valid/test 16,326 / 1,871 / 4,659 samples (times
+``--scale``), text (N, 50, 768), audio (N, 500, 74), vision (N, 500, 35) float32 in the unaligned
+MMSA pickle layout: 8.49 GB of features at scale 1. The pickle is generated in chunks (memmaps
+streamed with pickle protocol 5; the time is printed). Each variant then runs in a fresh process
+(peaks are per process) through the CLI's own path: ``load_and_standardize`` (restricted unpickler,
+reader, cleaning, checks, standardization), one training epoch (its first ``TRAIN_STEPS`` steps:
+memory does not grow with steps), validation, calibration and the full test and valid sweeps
+(``Trainer.finish``). A thread samples ``/proc/self/status`` every 10 ms: peak RSS, and its
+private part (RssAnon: what the process itself holds; the rest is file pages the kernel can drop).
 
-Each size runs in a fresh child process (``ru_maxrss`` is a process-lifetime peak): generate,
-standardize, one training epoch with the default config and batch size (throughput in
-samples/s), validation, then the test sweep (the default 8 rates, 7 subsets and frame-level
-rates), as ``Trainer.fit`` + ``Trainer.finish`` do.
+Variants: ``float32`` (the default), ``float16`` (``--feature_dtype float16``), ``cache`` (a second
+run on a ``--feature_cache`` that a first run wrote: features memory-mapped from .npy files).
 """
 
 from __future__ import annotations
@@ -20,87 +22,128 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-MOSEI = (16326, 1871, 4659)
-SEQ_LEN = 500
-DIMS = (768, 74, 35)
-BYTES_PER_SAMPLE = SEQ_LEN * sum(DIMS) * 4
+from bench.shapes import feature_bytes, scaled, write_mmsa_pickle
+
+TRAIN_STEPS = 20
+VARIANTS = {"float32": {}, "float16": {"feature_dtype": "float16"}, "cache": {"feature_cache": "CACHE"}}
 
 
-def rss_mb() -> float:
-    """Current resident set size in MB (from /proc/self/statm)."""
-    import os
+def _status() -> dict[str, float]:
+    """VmRSS, RssAnon, RssFile of this process in MB."""
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key = line.split(":")[0]
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                out[key] = int(line.split()[1]) / 1e3
+    return out
 
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+class PeakSampler:
+    """Peak VmRSS and RssAnon, sampled in a thread; ``mark(name)`` records the current values."""
+
+    def __init__(self, every_s: float = 0.01):
+        self.peak = {"VmRSS": 0.0, "RssAnon": 0.0}
+        self.marks: dict[str, dict] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every_s: float) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            time.sleep(every_s)
+
+    def sample(self) -> dict:
+        now = _status()
+        for k in self.peak:
+            self.peak[k] = max(self.peak[k], now.get(k, 0.0))
+        return now
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = {**self.sample(), "peak_rss": self.peak["VmRSS"], "peak_anon": self.peak["RssAnon"]}
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
 
 
-def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3  # KiB on Linux
-
-
-def child(n_train: int, out: str) -> None:
+def child(args: dict) -> dict:
+    """One run of the CLI path on ``args["pickle"]`` with the ``args["config"]`` overrides."""
     import torch
 
-    from datasets import Standardizer, make_synthetic
+    import training.trainer as trainer_mod
     from training.config import Config
-    from training.trainer import Trainer
+    from training.run import load_and_standardize
 
-    scale = n_train / MOSEI[0]
-    sizes = (n_train, max(32, round(MOSEI[1] * scale)), max(32, round(MOSEI[2] * scale)))
-    fig = {"n": list(sizes), "start_mb": rss_mb()}
-    data = make_synthetic(n_train=sizes[0], n_valid=sizes[1], n_test=sizes[2], seq_len=SEQ_LEN, dims=DIMS)
-    fig["raw_mb"] = sum(s.features(m).nbytes for s in data.splits.values() for m in ("text", "audio", "vision")) / 1e6
-    fig["after_data_mb"] = rss_mb()
-    Standardizer.fit(data.splits["train"]).apply(data)
-    fig["after_standardize_mb"] = rss_mb()
-    cfg = Config(epochs=1, device="cpu")
+    torch.set_num_threads(1)
+    sampler = PeakSampler()
+    sampler.mark("start")
+    cfg = Config(dataset="mosei", data_path=args["pickle"], epochs=1, device=args["device"], quiet=True,
+                 tensorboard=False, **args["config"])
+    t = time.perf_counter()
+    data, stats = load_and_standardize(cfg)
+    load_s = time.perf_counter() - t
+    sampler.mark("loaded")
+    if hasattr(trainer_mod, "batch_slices"):  # only the first TRAIN_STEPS steps
+        cut = trainer_mod.batch_slices
+        trainer_mod.batch_slices = lambda n, b, d: cut(n, b, d)[:TRAIN_STEPS]
+    else:  # the trainer before SplitTensors: its DataLoader
+        import itertools
+        loader = trainer_mod.make_loader
+        trainer_mod.make_loader = lambda *a, **k: list(itertools.islice(loader(*a, **k), TRAIN_STEPS))
     with tempfile.TemporaryDirectory() as tmp:
-        tr = Trainer(cfg, data, 1111, Path(tmp), progress=False)
+        tr = trainer_mod.Trainer(cfg, data, 1111, Path(tmp), standardizer=stats, progress=False)
+        tr.fit()
+        sampler.mark("trained")
+        tr.finish(("valid", "test"))
+    sampler.mark("evaluated")
+    sampler.stop()
+    return {"load_s": load_s, "marks": sampler.marks, "peak_rss": sampler.peak["VmRSS"],
+            "peak_anon": sampler.peak["RssAnon"],
+            "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
+
+
+def _spawn(args: dict, tmp: Path, name: str) -> dict:
+    out = tmp / f"{name}.json"
+    (tmp / f"{name}.args.json").write_text(json.dumps(args))
+    subprocess.run([sys.executable, "-m", "bench.memory", str(tmp / f"{name}.args.json"), str(out)], check=True)
+    return json.loads(out.read_text())
+
+
+def run(quick: bool = False, device: str = "cpu", scale: float | None = None,
+        variants: tuple[str, ...] = tuple(VARIANTS)) -> dict:
+    scale = scale if scale is not None else (0.01 if quick else 0.05)
+    sizes = scaled("mosei", scale)
+    raw = feature_bytes("mosei", sizes) / 1e6
+    frames = {"eval_frame_missing_rates": [0.0, 0.5]} if quick else {}
+    results: dict = {"scale": scale, "sizes": list(sizes), "feature_mb": raw}
+    with tempfile.TemporaryDirectory(dir=".") as tmp_name:
+        tmp = Path(tmp_name)
         t = time.perf_counter()
-        tr.train_epoch()
-        fig["train_epoch_s"] = time.perf_counter() - t
-        fig["samples_per_s"] = sizes[0] / fig["train_epoch_s"]
-        fig["after_train_peak_mb"] = peak_mb()
-        tr.epoch = 1
-        tr.save_best()
-        tr.finish(("test",))
-    fig["peak_mb"] = peak_mb()
-    fig["torch_threads"] = torch.get_num_threads()
-    Path(out).write_text(json.dumps(fig))
-
-
-def run(quick: bool = False) -> dict:
-    sizes = (128, 384) if quick else (256, 768)
-    figs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            out = Path(tmp) / f"{n}.json"
-            subprocess.run([sys.executable, "-m", "bench.memory", str(n), str(out)], check=True)
-            figs.append(json.loads(out.read_text()))
-    for f in figs:
-        print(f"n = {f['n']} (train/valid/test): raw features {f['raw_mb']:.0f} MB; RSS at start "
-              f"{f['start_mb']:.0f} MB, after generate "
-              f"{f['after_data_mb']:.0f} MB, after standardize {f['after_standardize_mb']:.0f} MB, peak in "
-              f"training {f['after_train_peak_mb']:.0f} MB, peak overall {f['peak_mb']:.0f} MB; "
-              f"train throughput {f['samples_per_s']:.1f} samples/s ({f['train_epoch_s']:.1f} s/epoch)")
-    (a, b) = figs
-    n_a, n_b = sum(a["n"]), sum(b["n"])
-    slope = (b["peak_mb"] - a["peak_mb"]) / (n_b - n_a)
-    slope_train = (b["after_train_peak_mb"] - a["after_train_peak_mb"]) / (n_b - n_a)
-    base = a["peak_mb"] - slope * n_a
-    raw = BYTES_PER_SAMPLE / 1e6
-    full = base + slope * sum(MOSEI)
-    print(f"peak RSS per sample: {slope:.3f} MB overall, {slope_train:.3f} MB up to the end of training; raw "
-          f"features {raw:.3f} MB/sample -> overall/raw = {slope / raw:.2f}x, training/raw = "
-          f"{slope_train / raw:.2f}x; fixed part {base:.0f} MB")
-    print(f"extrapolated peak for full MOSEI ({sum(MOSEI)} samples): {full / 1e3:.1f} GB "
-          f"(raw features {sum(MOSEI) * raw / 1e3:.1f} GB)")
-    return {"sizes": figs, "peak_mb_per_sample": slope, "train_peak_mb_per_sample": slope_train,
-            "raw_mb_per_sample": raw, "fixed_mb": base, "full_mosei_peak_gb": full / 1e3}
+        write_mmsa_pickle(str(tmp / "mosei.pkl"), "mosei", sizes)
+        results["generate_s"] = time.perf_counter() - t
+        print(f"MOSEI shape x {scale:g}: train/valid/test {'/'.join(map(str, sizes))}, {raw:.0f} MB of float32 "
+              f"features; pickle generated in {results['generate_s']:.1f} s "
+              f"({(tmp / 'mosei.pkl').stat().st_size / 1e6:.0f} MB)", flush=True)
+        for name in variants:
+            config = {k: (str(tmp / "cache") if v == "CACHE" else v) for k, v in {**VARIANTS[name], **frames}.items()}
+            args = {"pickle": str(tmp / "mosei.pkl"), "device": device, "config": config}
+            if name == "cache":
+                results["cache_build"] = _spawn(args, tmp, "cache_build")
+            f = results[name] = _spawn(args, tmp, name)
+            m = f["marks"]
+            print(f"  {name:>8}: peak RSS {f['peak_rss']:.0f} MB = {f['peak_rss'] / raw:.2f}x the features "
+                  f"(private {f['peak_anon']:.0f} MB = {f['peak_anon'] / raw:.2f}x); after load "
+                  f"{m['loaded']['VmRSS']:.0f} MB ({f['load_s']:.1f} s), peak to the end of training "
+                  f"{m['trained']['peak_rss']:.0f} MB, start {m['start']['VmRSS']:.0f} MB", flush=True)
+    return results
 
 
 if __name__ == "__main__":
-    child(int(sys.argv[1]), sys.argv[2])
+    Path(sys.argv[2]).write_text(json.dumps(child(json.loads(Path(sys.argv[1]).read_text()))))

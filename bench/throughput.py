@@ -9,8 +9,10 @@ compared by their medians; every figure is also given as a ratio against the def
 measured beside it.
 
 Op count: one epoch under ``torch.profiler``, per training step: ``aten::`` ops dispatched, host
-syncs (``aten::_local_scalar_dense``: ``.item()``/``float()``/``bool()`` of a tensor, plus
-``aten::nonzero``), and on CUDA the kernel launches (``cudaLaunchKernel`` and its kin).
+syncs outside the optimizer (``aten::_local_scalar_dense``: ``.item()``/``float()``/``bool()`` of a
+tensor, plus ``aten::nonzero``), the optimizer's own ``.item()`` calls (foreach AdamW reads each
+parameter's step counter, a CPU tensor, on the CPU; fused AdamW on CUDA reads none), and on CUDA
+the kernel launches (``cudaLaunchKernel`` and its kin).
 """
 
 from __future__ import annotations
@@ -44,10 +46,20 @@ def op_counts(trainer: Trainer, device: torch.device) -> dict[str, float]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     steps = trainer.steps_per_epoch
-    names = [e.name for e in prof.events()]
-    return {"aten_ops": sum(n.startswith("aten::") for n in names) / steps,
-            "syncs": sum(n in ("aten::_local_scalar_dense", "aten::nonzero") for n in names) / steps,
-            "launches": sum("LaunchKernel" in n for n in names) / steps}
+    events = prof.events()
+
+    def in_optimizer(e) -> bool:
+        while e is not None:
+            if e.name.startswith("Optimizer.step"):
+                return True
+            e = e.cpu_parent
+        return False
+
+    syncs = [e for e in events if e.name in ("aten::_local_scalar_dense", "aten::nonzero")]
+    opt = sum(in_optimizer(e) for e in syncs)
+    return {"aten_ops": sum(e.name.startswith("aten::") for e in events) / steps,
+            "syncs": (len(syncs) - opt) / steps, "optimizer_items": opt / steps,
+            "launches": sum("LaunchKernel" in e.name for e in events) / steps}
 
 
 def measure(shape: str, n_train: int, device: torch.device, reps: int) -> dict[str, dict]:
@@ -84,10 +96,11 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         print(f"{shape} shape ({', '.join(f'{m} {L}x{D}' for m, (L, D) in SHAPES[shape].items())}), "
               f"{n_train} train samples, batch 32, {dev}:")
         print(f"  {'model':>8} {'samples/s':>10} {'x default':>9} {'aten ops/step':>13} {'x default':>9} "
-              f"{'syncs/step':>10} {'launches/step':>13}")
+              f"{'syncs/step':>10} {'opt items':>9} {'launches/step':>13}")
         for name, f in figs.items():
             print(f"  {name:>8} {f['samples_per_s']:10.1f} {f['samples_per_s'] / ref['samples_per_s']:9.2f} "
                   f"{f['aten_ops']:13.0f} {f['aten_ops'] / ref['aten_ops']:9.2f} {f['syncs']:10.1f} "
+                  f"{f['optimizer_items']:9.0f} "
                   f"{f['launches']:13.0f}")
         out[shape] = figs
     return out
