@@ -92,7 +92,7 @@ def child(args: dict) -> dict:
     sampler.mark("loaded")
     if hasattr(trainer_mod, "batch_slices"):  # only the first TRAIN_STEPS steps
         cut = trainer_mod.batch_slices
-        trainer_mod.batch_slices = lambda n, b, d: cut(n, b, d)[:TRAIN_STEPS]
+        trainer_mod.batch_slices = lambda *a, **k: cut(*a, **k)[:TRAIN_STEPS]
     else:  # the trainer before SplitTensors: its DataLoader
         import itertools
         loader = trainer_mod.make_loader
@@ -138,10 +138,13 @@ def run(quick: bool = False, device: str = "cpu", scale: float | None = None,
                 results["cache_build"] = _spawn(args, tmp, "cache_build")
             f = results[name] = _spawn(args, tmp, name)
             m = f["marks"]
-            print(f"  {name:>8}: peak RSS {f['peak_rss']:.0f} MB = {f['peak_rss'] / raw:.2f}x the features "
+            f["multiplier"], f["private_multiplier"] = f["peak_rss"] / raw, f["peak_anon"] / raw
+            f["above_start_multiplier"] = (f["peak_rss"] - m["start"]["VmRSS"]) / raw
+            print(f"  {name:>8}: peak RSS {f['peak_rss']:.0f} MB = {f['multiplier']:.2f}x the features "
+                  f"({f['above_start_multiplier']:.2f}x above the {m['start']['VmRSS']:.0f} MB of imports) "
                   f"(private {f['peak_anon']:.0f} MB = {f['peak_anon'] / raw:.2f}x); after load "
                   f"{m['loaded']['VmRSS']:.0f} MB ({f['load_s']:.1f} s), peak to the end of training "
-                  f"{m['trained']['peak_rss']:.0f} MB, start {m['start']['VmRSS']:.0f} MB", flush=True)
+                  f"{m['trained']['peak_rss']:.0f} MB", flush=True)
     return results
 
 

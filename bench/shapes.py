@@ -44,26 +44,28 @@ def _fill(rng: np.random.Generator, x: np.ndarray, lengths: np.ndarray) -> None:
         x[i:i + CHUNK] = rows
 
 
-def _split_arrays(rng: np.random.Generator, shape: str, n: int, alloc) -> dict:
-    lengths = np.stack([rng.integers(max(1, L // 5), L + 1, n) for L, _ in SHAPES[shape].values()], axis=1)
+def _split_arrays(rng: np.random.Generator, shape: str | dict, n: int, alloc) -> dict:
+    layout = SHAPES[shape] if isinstance(shape, str) else shape
+    lengths = np.stack([rng.integers(max(1, layout[m][0] // 5), layout[m][0] + 1, n) for m in MODALITIES], axis=1)
     arrays = {}
     for j, m in enumerate(MODALITIES):
-        L, D = SHAPES[shape][m]
+        L, D = layout[m]
         arrays[m] = alloc(m, (n, L, D))
         _fill(rng, arrays[m], lengths[:, j])
     labels = np.clip(rng.normal(0, 1.5, n), -3, 3).astype(np.float32)
     return {"arrays": arrays, "lengths": lengths.astype(np.int64), "labels": labels}
 
 
-def make_shaped(shape: str, sizes: tuple[int, int, int], seed: int = 0) -> MultimodalData:
-    """An in-memory data set with the ``shape`` layout and split sizes ``sizes``."""
+def make_shaped(shape: str | dict, sizes: tuple[int, int, int], seed: int = 0) -> MultimodalData:
+    """An in-memory data set with the ``shape`` layout (a name in SHAPES or ``{modality: (L, D)}``)
+    and split sizes ``sizes``."""
     rng = np.random.default_rng(seed)
     splits = {}
     for s, n in zip(SPLITS, sizes):
         d = _split_arrays(rng, shape, n, lambda m, shp: np.empty(shp, dtype=np.float32))
         splits[s] = Split(**d["arrays"], lengths=d["lengths"], labels=d["labels"],
                           ids=np.array([f"{s}_{i}" for i in range(n)]), raw_text=np.full(n, "", dtype=str))
-    return MultimodalData(name=shape, format="synthetic", source=f"generated {shape}", splits=splits)
+    return MultimodalData(name=str(shape), format="synthetic", source=f"generated {shape}", splits=splits)
 
 
 def write_mmsa_pickle(path: str, shape: str, sizes: tuple[int, int, int], seed: int = 0) -> None:

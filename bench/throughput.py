@@ -62,7 +62,7 @@ def op_counts(trainer: Trainer, device: torch.device) -> dict[str, float]:
             "launches": sum("LaunchKernel" in e.name for e in events) / steps}
 
 
-def measure(shape: str, n_train: int, device: torch.device, reps: int) -> dict[str, dict]:
+def measure(shape: str | dict, n_train: int, device: torch.device, reps: int) -> dict[str, dict]:
     data = make_shaped(shape, (n_train, 32, 32))
     Standardizer.fit(data.splits["train"]).apply(data)
     amp = device.type == "cuda"
@@ -85,22 +85,25 @@ def measure(shape: str, n_train: int, device: torch.device, reps: int) -> dict[s
     return figs
 
 
-def run(quick: bool = False, device: str = "cpu") -> dict:
+def run(quick: bool = False, device: str = "cpu", n_train: int | None = None,
+        shapes: dict[str, dict] | None = None) -> dict:
+    """Print and return the figures of every model at every shape (``shapes``: name -> {modality:
+    (L, D)}, default MOSI and MOSEI) with ``n_train`` training samples (default: small on the CPU)."""
     dev = torch.device(device)
-    n_train = (64 if quick else 128) if dev.type == "cpu" else (1024 if quick else 4096)
+    if n_train is None:
+        n_train = (64 if quick else 128) if dev.type == "cpu" else (1024 if quick else 4096)
     reps = 1 if quick else 3
     out = {}
-    for shape in SHAPES:
-        figs = measure(shape, n_train, dev, reps)
+    for shape, layout in (shapes or SHAPES).items():
+        figs = measure(layout, n_train, dev, reps)
         ref = figs["default"]
-        print(f"{shape} shape ({', '.join(f'{m} {L}x{D}' for m, (L, D) in SHAPES[shape].items())}), "
+        print(f"{shape} shape ({', '.join(f'{m} {L}x{D}' for m, (L, D) in layout.items())}), "
               f"{n_train} train samples, batch 32, {dev}:")
         print(f"  {'model':>8} {'samples/s':>10} {'x default':>9} {'aten ops/step':>13} {'x default':>9} "
               f"{'syncs/step':>10} {'opt items':>9} {'launches/step':>13}")
         for name, f in figs.items():
             print(f"  {name:>8} {f['samples_per_s']:10.1f} {f['samples_per_s'] / ref['samples_per_s']:9.2f} "
                   f"{f['aten_ops']:13.0f} {f['aten_ops'] / ref['aten_ops']:9.2f} {f['syncs']:10.1f} "
-                  f"{f['optimizer_items']:9.0f} "
-                  f"{f['launches']:13.0f}")
+                  f"{f['optimizer_items']:9.0f} {f['launches']:13.0f}")
         out[shape] = figs
     return out

@@ -36,3 +36,30 @@ def test_paired_differences_and_their_standard_error(tmp_path):
     assert df.loc["default", "d_acc2_rates"] == 0.0
     md = to_markdown(df.reset_index())
     assert "| Δ valid F1 rates | Δ Acc-2 rates |" in md and "+1.0 ± 0.6 |" in md
+
+
+def test_throughput_benchmark_prints_every_model_and_column(capsys):
+    from bench.throughput import MODELS, run
+
+    tiny = {"text": (4, 6), "audio": (5, 3), "vision": (3, 2)}
+    figs = run(quick=True, device="cpu", n_train=40, shapes={"tiny": tiny})
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if "samples/s" in line).split()
+    assert header[:3] == ["model", "samples/s", "x"] and "ops/step" in header and "launches/step" in header
+    for name in MODELS:
+        row = next(line.split() for line in out.splitlines() if line.split()[:1] == [name])
+        assert len(row) == 8 and float(row[1]) > 0 and float(row[3]) > 0
+        assert figs["tiny"][name]["aten_ops"] > 0 and figs["tiny"][name]["launches"] == 0  # no CUDA kernels on the CPU
+    assert out.count("tiny shape") == 1
+
+
+def test_bench_refuses_a_missing_device_in_one_line(capsys):
+    import torch
+
+    from bench.__main__ import main
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: --device cuda is valid here")
+    assert main(["--device", "cuda", "eval_sweep"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA device is available" in err
