@@ -83,7 +83,7 @@ class Config:
                             group="data", kind="preprocess")
     feature_cache: str | None = _f(None, "folder for a cache of the cleaned, standardized splits as memory-mapped "
                                    ".npy files, written once and reused: memory no longer grows with N",
-                                   group="data", kind="resumable")
+                                   group="data")
     # ---- model ------------------------------------------------------------------------------
     model: str = _f("attention_robust_v4", "model name (attention_robust_v4 or a baseline)", group="model")
     encoder: str = _f("mlp", "variational encoder kind", ["mlp", "lstm", "cfc"], group="model", kind="search")
