@@ -123,7 +123,7 @@ def run(quick: bool = False, device: str = "cpu", scale: float | None = None,
     raw = feature_bytes("mosei", sizes) / 1e6
     frames = {"eval_frame_missing_rates": [0.0, 0.5]} if quick else {}
     results: dict = {"scale": scale, "sizes": list(sizes), "feature_mb": raw}
-    with tempfile.TemporaryDirectory(dir=".") as tmp_name:
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp_name:  # TMPDIR picks the disk
         tmp = Path(tmp_name)
         t = time.perf_counter()
         write_mmsa_pickle(str(tmp / "mosei.pkl"), "mosei", sizes)
