@@ -45,8 +45,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from datasets import rate_key
 from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
-from training.evaluate import LOWER_IS_BETTER, OBJECTIVES, ROBUST_RATES
 from training.metrics import METRIC_NAMES
+from training.objectives import LOWER_IS_BETTER, OBJECTIVES, ROBUST_RATES
 from training.run import load_and_standardize, run_experiment
 
 log = logging.getLogger("tune")

@@ -5,7 +5,7 @@ the test split of the embedded synthetic set (686 samples, length 50, dims 300/5
 
 plain: one evaluation pass, ``fuse_many`` with one mask (every modality present; it encodes and
 fuses chunk by chunk) + ``sentiment_metrics``.
-sweep: ``evaluate_split`` with the 8 default rates and no frame-level rates: one encode, then
+sweep: ``Evaluator.sweep`` with the 8 default rates and no frame-level rates: one encode, then
 15 fuse passes (8 rates + 7 subsets) with metrics. Because ``encode`` never reads presence, the
 sweep re-uses the encoded states and only the (small) fusion runs 15 times. Target: <= 1.5x.
 
@@ -16,6 +16,8 @@ the encoder LayerNorms, so every batch is re-encoded twice per mask (reported, n
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -23,7 +25,7 @@ from bench import interleaved, median, spread, verdict
 from datasets import Standardizer, make_synthetic
 from modules.registry import create_model
 from training.config import DEFAULT_RATES, Config
-from training.evaluate import encode_split, evaluate_split, fuse_many, fuse_split
+from training.evaluate import Evaluator
 from training.metrics import sentiment_metrics
 from training.tta import Tent
 
@@ -37,30 +39,32 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     cpu = torch.device(device)  # the device every pass runs on (the name is historical)
     model = create_model(cfg.model, cfg, data.dims).to(cpu).eval()
     full = np.ones((test.n, 3), dtype=bool)
+    evaluator = Evaluator.from_config(model, cfg, cpu)
 
     def plain() -> None:  # one evaluation pass: encode and fuse chunk by chunk, then the metrics
-        fused = fuse_many(model, test, [full], cfg.batch_size, cpu)[0]
+        fused = evaluator.fuse_many(test, [full])[0]
         sentiment_metrics(fused.score, test.labels)
 
     def sweep() -> None:
-        evaluate_split(model, test, DEFAULT_RATES, [], cfg.batch_size, cpu, cfg.task, cfg.num_classes)
+        evaluator.sweep(test, DEFAULT_RATES, [])
 
-    states = encode_split(model, test, cfg.batch_size, cpu)
-    parts = {"encode": lambda: encode_split(model, test, cfg.batch_size, cpu),
-             "one fuse": lambda: fuse_split(model, states, full, cpu),
+    states = evaluator.encode(test)
+    parts = {"encode": lambda: evaluator.encode(test),
+             "one fuse": lambda: evaluator.fuse(states, full),
              "one metrics": lambda: sentiment_metrics(np.zeros(test.n) + 0.1, test.labels)}
     # what dominates: the same fuse pass with proxy attention off (its token K/V projections live in fuse)
     cfg_np = Config(use_proxy_attention=False)
     torch.manual_seed(0)
     model_np = create_model(cfg_np.model, cfg_np, data.dims).to(cpu).eval()
-    states_np = encode_split(model_np, test, cfg.batch_size, cpu)
-    parts["one fuse, no proxy attention"] = lambda: fuse_split(model_np, states_np, full, cpu)
+    evaluator_np = Evaluator.from_config(model_np, cfg_np, cpu)
+    states_np = evaluator_np.encode(test)
+    parts["one fuse, no proxy attention"] = lambda: evaluator_np.fuse(states_np, full)
     reps = 3 if quick else 5
     t = interleaved({"plain": plain, "sweep": sweep}, reps, warmup=1)
     p = interleaved(parts, reps, warmup=1)
     tta = interleaved({"sweep": sweep} | {
-        f"sweep + tent {which}": (lambda w=which: evaluate_split(
-            model, test, DEFAULT_RATES, [], cfg.batch_size, cpu, cfg.task, cfg.num_classes, tta=Tent(model, w)))
+        f"sweep + tent {which}": (lambda w=which: dataclasses.replace(evaluator, tta=Tent(model, w)).sweep(
+            test, DEFAULT_RATES, []))
         for which in ("fusion", "norm")}, 1 if quick else 3, warmup=0)
     ratio = median(t["sweep"]) / median(t["plain"])
     print(f"plain pass (encode + fuse + metrics): {spread(t['plain'])}")

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from datasets import SUBSETS, modality_masks, subset_masks
-from modules.losses import labels_to_classes
+from datasets.classes import labels_to_classes
 from training.calibration import PROBABILITY_SOURCES, Calibration, fit_probabilities, fit_temperature
-from training.evaluate import encode_split, fuse_split, presence_patterns
+from training.evaluate import Evaluator, presence_patterns
 from training.metrics import probability_scores
 from training.run import load_and_standardize
 from training.trainer import load_for_eval
@@ -36,11 +36,12 @@ RATES = (0.0, 0.3, 0.5, 0.7)
 
 def pattern_outputs(model, split, cfg, device) -> tuple[list[int], np.ndarray, np.ndarray]:
     """Patterns (7,), raw scores (7, N) and logits (7, N, C) of ``split`` fused under each subset."""
-    states = encode_split(model, split, cfg.batch_size, device)
+    evaluator = Evaluator.from_config(model, cfg, device)
+    states = evaluator.encode(split)
     ks, scores, logits = [], [], []
     for name in SUBSETS:
         masks = subset_masks(split.n, name)
-        fused = fuse_split(model, states, masks, device)
+        fused = evaluator.fuse(states, masks)
         ks.append(int(presence_patterns(masks[:1])[0]))
         scores.append(fused.score)
         logits.append(fused.logits)

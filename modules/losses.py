@@ -14,22 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-
-def labels_to_classes(labels: Tensor, num_classes: int) -> Tensor:
-    """Sentiment scores in [-3, 3] ``(B,)`` -> class indices ``(B,)`` int64.
-
-    * 2: 0 negative (``label < 0``), 1 positive (``label >= 0``);
-    * 3: 0 negative (``< 0``), 1 neutral (``== 0``), 2 positive (``> 0``);
-    * 7: the score clipped to [-3, 3] and rounded (half to even, like ``np.round``), shifted to
-      0..6 (class 3 = 0).
-    """
-    if num_classes == 2:
-        return (labels >= 0).long()
-    if num_classes == 3:
-        return (torch.sign(labels) + 1).long()
-    if num_classes == 7:
-        return (torch.round(labels.clamp(-3.0, 3.0)) + 3).long()
-    raise ValueError(f"num_classes must be 2, 3 or 7, got {num_classes}")
+from datasets.classes import labels_to_classes
 
 
 def regression_loss(pred: Tensor, target: Tensor, kind: str = "l1") -> Tensor:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-MODALITIES = ("text", "audio", "vision")
+from datasets.types import MODALITIES
+
+__all__ = ["MODALITIES", "check_presence"]
 
 
 def check_presence(presence: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ from modules.losses import task_loss
 from modules.registry import available_models, create_model
 from tests.helpers import make_batch
 from training.config import Config
-from training.evaluate import encode_split, fuse_split
+from training.evaluate import Evaluator
 from training.metrics import sentiment_metrics
 
 BASELINES = ("ef_lstm", "lf_dnn", "tfn")
@@ -45,8 +45,9 @@ def test_baseline_learns_known_signal(name):
             loss.backward()
             opt.step()
     test = data.splits["test"]
-    states = encode_split(model, test, 64, torch.device("cpu"))
-    fused = fuse_split(model, states, np.ones((test.n, 3), dtype=bool), torch.device("cpu"))
+    evaluator = Evaluator(model, torch.device("cpu"), 64, "regression", 2)
+    states = evaluator.encode(test)
+    fused = evaluator.fuse(states, np.ones((test.n, 3), dtype=bool))
     m = sentiment_metrics(fused.score, test.labels)
     assert m["corr"] > 0.5 and m["acc2_non0"] > 0.7, m
     cls_acc = ((fused.logits.argmax(1) == 1) == (test.labels >= 0)).mean()

@@ -142,6 +142,18 @@ def test_env_args_map_every_field():
         env_args({"USE_AECF": "maybe"})
 
 
+def test_env_args_command_does_not_import_torch():
+    # train_v4.sh runs `python -m training.config --env-args` before every training run: it must stay cheap
+    code = ("import runpy, sys; sys.argv = ['training.config', '--env-args']\n"
+            "try:\n    runpy.run_module('training.config', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "HIDDEN_DIM": "64"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "--hidden_dim 64" and lines[-1] == "False False", done.stdout
+
+
 def test_each_run_gets_its_own_folder_and_latest_points_at_it(tmp_path):
     root = tmp_path / "runs"
     cfg = dataclasses.replace(Config(), data_path=str(tmp_path / "mosi_dev.pkl"), model="tfn")

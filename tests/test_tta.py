@@ -15,7 +15,7 @@ from modules.registry import create_model
 from tests.helpers import tiny_args, tiny_pickle
 from training.cli import main as cli_main
 from training.config import Config
-from training.evaluate import encode_split, evaluate_split
+from training.evaluate import Evaluator
 from training.tta import Tent, build_tta, prediction_entropy, tta_parameters
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,16 +120,17 @@ def test_a_missing_modality_cannot_change_an_adapted_output(name, which, kw, tes
 def test_tta_none_leaves_the_sweep_bitwise_unchanged(test_split) -> None:
     model = make_model("attention_robust_v4")
     assert build_tta(Config(), model) is None
-    args = (model, test_split, [0.0, 0.5], [0.0], 16, torch.device("cpu"), "regression", 2)
-    before = evaluate_split(*args)
+    evaluator = Evaluator(model, torch.device("cpu"), 16, "regression", 2)
+    args = (test_split, [0.0, 0.5], [0.0])
+    before = evaluator.sweep(*args)
     tent = build_tta(Config(tta="tent", tta_steps=2, tta_lr=1e-2), model)
-    adapted = evaluate_split(*args, tta=tent)
-    after = evaluate_split(*args)
+    adapted = dataclasses.replace(evaluator, tta=tent).sweep(*args)
+    after = evaluator.sweep(*args)
     for key in ("preds", "probs", "subset_preds"):
         assert torch.equal(torch.from_numpy(before["arrays"][key]), torch.from_numpy(after["arrays"][key])), key
         assert not np.array_equal(before["arrays"][key], adapted["arrays"][key]), key
     # the un-adapted sweep is the model's own output, batch by batch
-    states = encode_split(model, test_split, 16, torch.device("cpu"))
+    states = evaluator.encode(test_split)
     with torch.no_grad():
         full = model.fuse(states, torch.ones(test_split.n, 3, dtype=torch.bool))["score"].numpy()
     assert np.array_equal(before["arrays"]["preds"][0], full)
@@ -137,9 +138,9 @@ def test_tta_none_leaves_the_sweep_bitwise_unchanged(test_split) -> None:
 
 def test_adaptation_is_deterministic(test_split) -> None:
     model = make_model("attention_robust_v4")
-    args = (model, test_split, [0.3], [], 16, torch.device("cpu"), "regression", 2)
-    tent = Tent(model, "norm+fusion", steps=2, lr=1e-2)
-    a, b = evaluate_split(*args, tta=tent), evaluate_split(*args, tta=tent)
+    evaluator = Evaluator(model, torch.device("cpu"), 16, "regression", 2, tta=Tent(model, "norm+fusion", steps=2,
+                                                                                  lr=1e-2))
+    a, b = evaluator.sweep(test_split, [0.3], []), evaluator.sweep(test_split, [0.3], [])
     assert np.array_equal(a["arrays"]["preds"], b["arrays"]["preds"])
 
 

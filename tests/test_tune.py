@@ -27,7 +27,7 @@ import tune
 from tests.conftest import ROOT
 from tests.helpers import tiny_args, tiny_pickle
 from training.config import Config
-from training.evaluate import evaluate_split
+from training.evaluate import Evaluator
 from training.run import load_and_standardize
 from training.trainer import NonFiniteLossError, load_for_eval
 
@@ -249,8 +249,8 @@ def test_trials_and_the_validation_block_are_scored_without_the_calibration_fitt
                             (out / "best", {o: tune.objective_value(o, validation) for o in ("ece", "f1_robust")})):
         model, cfg, stats, cal, _ = load_for_eval(run_dir / "seed_7" / "best.pt", cpu)
         valid = load_and_standardize(cfg, stats)[0].splits["valid"]
-        plain, calibrated = (evaluate_split(model, valid, cfg.eval_missing_rates, [], cfg.batch_size, cpu, cfg.task,
-                                            cfg.num_classes, c) for c in (None, cal))
+        plain, calibrated = (Evaluator.from_config(model, cfg, cpu, c).sweep(valid, cfg.eval_missing_rates, [])
+                             for c in (None, cal))
         # the calibration fitted on valid does change the score
         assert abs(tune.objective_value("ece", calibrated) - tune.objective_value("ece", plain)) > 1e-4
         for name, value in scored.items():

@@ -30,11 +30,10 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit, softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
-from torch import nn
 
 from datasets import SUBSETS, Split, subset_masks
-from training.evaluate import fuse_many, presence_patterns
-from training.metrics import positive_probability
+from datasets.classes import labels_to_classes, positive_probability
+from training.evaluate import Evaluator, presence_patterns
 
 PROBABILITY_SOURCES = ("score", "class", "blend")
 PLATT_PRIOR = 20.0  # validation samples' worth of weight on the pooled Platt fit
@@ -172,19 +171,17 @@ def fit_probabilities(cal: Calibration, scores: np.ndarray, logits: np.ndarray, 
     return cal
 
 
-def fit_calibration(model: nn.Module, valid: Split, num_classes: int, batch_size: int, device: torch.device,
-                    temperature: bool = True, score: bool = True, probability: str = "class") -> Calibration:
-    """Fit the per-pattern calibration on ``valid`` (never on test); ``probability`` is the source
-    of the reported P(positive) (one of ``PROBABILITY_SOURCES``)."""
-    from modules.losses import labels_to_classes
-
+def fit_calibration(evaluator: Evaluator, valid: Split, temperature: bool = True, score: bool = True,
+                    probability: str = "class") -> Calibration:
+    """Fit the per-pattern calibration of ``evaluator``'s model (its raw outputs) on ``valid`` (never on
+    test); ``probability`` is the source of the reported P(positive) (one of ``PROBABILITY_SOURCES``)."""
     if probability not in PROBABILITY_SOURCES:
         raise ValueError(f"unknown probability source {probability!r}; expected one of {PROBABILITY_SOURCES}")
-    targets = labels_to_classes(torch.from_numpy(valid.labels), num_classes).numpy()
+    targets = labels_to_classes(torch.from_numpy(valid.labels), evaluator.num_classes).numpy()
     cal = Calibration(source=probability)
     patterns, scores, logits = [], [], []
     all_masks = [subset_masks(valid.n, name) for name in SUBSETS]
-    for masks, fused in zip(all_masks, fuse_many(model, valid, all_masks, batch_size, device)):
+    for masks, fused in zip(all_masks, evaluator.fuse_many(valid, all_masks, raw=True)):
         k = int(presence_patterns(masks[:1])[0])
         if temperature:
             cal.temperatures[k] = fit_temperature(fused.logits, targets)

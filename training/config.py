@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from training.errors import ConfigError
-from training.evaluate import OBJECTIVES
+from training.objectives import OBJECTIVES
 
 DEFAULT_RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
 

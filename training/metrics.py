@@ -16,27 +16,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, mean_absolute_error
 
+from datasets.classes import positive_probability
+
 METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece", "acc5",
                 "brier", "nll", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi")
 COUNT_NAMES = ("n", "n_non0")  # samples a result was computed on (all, label != 0); no spread over seeds
 ECE_BINS = 10
 TWIN_SIMULATIONS = 1000
-
-
-def positive_probability(probs: np.ndarray) -> np.ndarray:
-    """P(positive) from class probabilities ``(N, C)``: C=2 (neg, pos), 3 (neg, neu, pos), 7 (-3..3).
-
-    Neutral mass is left out: the binary non-0 task asks positive against negative.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    c = probs.shape[1]
-    if c == 2:
-        return probs[:, 1]
-    if c not in (3, 7):
-        raise ValueError(f"cannot map {c} classes to a binary probability")
-    half = c // 2
-    neg, pos = probs[:, :half].sum(1), probs[:, half + 1:].sum(1)
-    return pos / np.clip(neg + pos, 1e-12, None)
 
 
 def confidence_bins(conf: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:

@@ -27,7 +27,7 @@ from training.calibration import Calibration
 from training.checkpoint import CheckpointError
 from training.config import RESUMABLE_CHANGES, Config, fields_in
 from training.errors import ConfigError, OutputError, UserError, writing
-from training.evaluate import aggregate, ensemble, evaluate_split, prediction_note
+from training.evaluate import Evaluator, aggregate, ensemble, prediction_note
 from training.report import write_json_atomic, write_report
 from training.trainer import Trainer, frame_rates_for, load_for_eval, resolve_device
 from training.tta import build_tta
@@ -433,10 +433,8 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
                                       "evaluate the two with separate --eval_only runs")
             log.info("evaluating %s on %s (%d samples)", f, data.source, data.splits["test"].n)
             test = data.splits["test"]
-            res = evaluate_split(model, test, cfg.eval_missing_rates,
-                                 frame_rates_for(test, cfg.eval_frame_missing_rates), cfg.batch_size, device,
-                                 saved.task, saved.num_classes, cal, bool(cfg.amp and device.type == "cuda"),
-                                 build_tta(effective, model))
+            evaluator = Evaluator.from_config(model, effective, device, cal, build_tta(effective, model))
+            res = evaluator.sweep(test, cfg.eval_missing_rates, frame_rates_for(test, cfg.eval_frame_missing_rates))
             per_seed.append({"test": res, "calibration": {k: v.tolist() for k, v in cal.state_dict().items()}})
             seeds.append(int(f.parent.name.split("_")[-1]) if f.parent.name.startswith("seed_") else saved.seeds[0])
         metrics = _metrics(effective, per_seed, "test", 0.0, data.splits["test"].labels)

@@ -7,6 +7,7 @@ TensorBoard, a non-finite loss guard, then calibration on valid and the test swe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -34,7 +35,7 @@ from training.checkpoint import (
 )
 from training.config import Config
 from training.errors import ConfigError, UserError
-from training.evaluate import evaluate_split, validation_score
+from training.evaluate import Evaluator
 from training.tta import build_tta
 
 log = logging.getLogger(__name__)
@@ -136,10 +137,11 @@ class Trainer:
         self.progress = progress
         self.label = f"seed {seed}"  # the progress bars' name; run.py adds "(i of N)"
         self.device = resolve_device(cfg.device)
-        self.autocast = bool(cfg.amp and self.device.type == "cuda")
         seed_everything(seed)
         self.model = create_model(cfg.model, cfg, data.dims).to(self.device)
-        self.tta = build_tta(cfg, self.model)  # refuses a model without the chosen parameters now, not after training
+        # build_tta refuses a model without the chosen parameters now, not after training
+        self.evaluator = Evaluator.from_config(self.model, cfg, self.device, tta=build_tta(cfg, self.model))
+        self.autocast = self.evaluator.autocast
         self.optimizer = build_optimizer(cfg, self.model, self.device)
         n_train = data.splits["train"].n
         self.steps_per_epoch = n_train // cfg.batch_size + (n_train % cfg.batch_size > 1)
@@ -304,8 +306,7 @@ class Trainer:
             if cfg.patience and self.bad_epochs >= cfg.patience:
                 break
             stats = self.train_epoch()
-            value, per_rate = validation_score(self.model, self.data.splits["valid"], cfg.select_metric,
-                                               cfg.batch_size, self.device, cfg.task, cfg.num_classes)
+            value, per_rate = self.evaluator.validation_score(self.data.splits["valid"], cfg.select_metric)
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step(value)
             self.epoch += 1
@@ -354,9 +355,8 @@ class Trainer:
         cal = None
         if cfg.calibrate or cfg.calibrate_score:
             log.info("%s: calibrating the best epoch (%d) on valid", self.label, self.best_epoch)
-            cal = fit_calibration(self.model, self.data.splits["valid"], cfg.num_classes, cfg.batch_size,
-                                  self.device, temperature=cfg.calibrate, score=cfg.calibrate_score,
-                                  probability=cfg.probability)
+            cal = fit_calibration(self.evaluator, self.data.splits["valid"], temperature=cfg.calibrate,
+                                  score=cfg.calibrate_score, probability=cfg.probability)
         self.save_best(cal)
         # valid: the random-missing sweep and subsets (for tuning and best.json), uncalibrated (the
         # calibration was fitted on valid, so calibrated scores there would be inflated); test: everything
@@ -366,9 +366,8 @@ class Trainer:
             frames = frame_rates_for(split, cfg.eval_frame_missing_rates) if name == "test" else []
             log.info("%s: evaluating on %s (%d samples): %d missing rates, 7 subsets, %d frame rates", self.label,
                      name, split.n, len(cfg.eval_missing_rates), len(frames))
-            result[name] = evaluate_split(self.model, split, cfg.eval_missing_rates, frames, cfg.batch_size,
-                                          self.device, cfg.task, cfg.num_classes, cal if name == "test" else None,
-                                          self.autocast, self.tta)
+            evaluator = dataclasses.replace(self.evaluator, calibration=cal if name == "test" else None)
+            result[name] = evaluator.sweep(split, cfg.eval_missing_rates, frames)
         result.update(best_epoch=self.best_epoch, best_value=self.best_value,
                       calibration=None if cal is None else {k: v.tolist() for k, v in cal.state_dict().items()})
         return result
