@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
+from datasets.classes import class_centres, positive_probability
 from modules.aecf import (
     CurriculumMasking,
     MultimodalAttentionPool,
@@ -363,6 +365,19 @@ def test_labels_to_classes() -> None:
     assert labels_to_classes(labels, 7).tolist() == [0, 2, 3, 3, 3, 5, 5, 6]
     with pytest.raises(ValueError):
         labels_to_classes(labels, 5)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 7])
+def test_class_layout_is_one_layout(num_classes) -> None:
+    # the loss's classes, the reported expected value and P(positive) read the same layout
+    centres = class_centres(num_classes)
+    assert labels_to_classes(torch.from_numpy(centres), num_classes).tolist() == list(range(num_classes))
+    onehot = np.eye(num_classes)
+    assert np.array_equal(onehot @ centres, centres)
+    signed = centres != 0
+    assert np.array_equal(positive_probability(onehot[signed]), (centres[signed] > 0).astype(float))
+    with pytest.raises(ValueError, match="num_classes must be 2, 3 or 7"):
+        class_centres(5)
 
 
 def test_focal_gamma_zero_equals_cross_entropy() -> None:
