@@ -44,6 +44,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from datasets import rate_key
+from training.atomic import write_json
 from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
 from training.metrics import METRIC_NAMES
 from training.objectives import LOWER_IS_BETTER, OBJECTIVES, ROBUST_RATES
@@ -544,8 +545,7 @@ def write_results(study: optuna.Study, ns: argparse.Namespace, base: Config, sta
         report["validation_rerun"] = {o: objective_value(o, metrics["validation"]) for o in ns.objective}
         report["metrics"] = str(out / "best" / "metrics.json")
         table = metrics.get("table")
-    (out / "best.json.tmp").write_text(json.dumps(report, indent=2))
-    os.replace(out / "best.json.tmp", out / "best.json")
+    write_json(report, out / "best.json")
     return report | {"table": table}
 
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.atomic import write_json
+
 from .errors import DataError
 from .types import MODALITIES, MultimodalData, Split
 
@@ -65,8 +67,8 @@ def cached(folder: str | os.PathLike, key: str, build: Callable[[], tuple[Multim
                 for m in (*MODALITIES, *_SMALL):
                     np.save(root / f"{s}.{m}.npy", getattr(split, m), allow_pickle=False)
             np.savez(root / "stats.npz", **{k: np.asarray(v) for k, v in stats.items()})
-            (root / "done.json").write_text(json.dumps({"name": data.name, "format": data.format,
-                                                        "source": data.source, "splits": list(data.splits)}))
+            write_json({"name": data.name, "format": data.format, "source": data.source,
+                        "splits": list(data.splits)}, root / "done.json")
         except OSError as err:
             raise DataError(f"cannot write the feature cache in {root} ({err.strerror or err}); "
                             "pass another --feature_cache folder or leave it out") from None

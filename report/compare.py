@@ -29,8 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from training.report import write_json_atomic
+from training.atomic import atomic_open, write_json
+
+from .plots import save_figure
 
 METRICS = {"acc2_non0": "Acc-2", "f1_non0": "F1"}
 PROB_METRICS = {"brier": "Brier", "nll": "NLL", "ece": "ECE"}  # lower is better
@@ -184,7 +187,7 @@ def auilc(rates: list[str], values: list[float]) -> float:
     y = np.asarray(values, dtype=np.float64)
     if len(x) == 1 or x[-1] == x[0]:
         return float(y.mean())
-    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / (x[-1] - x[0]))
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
 
 
 def comparison_frame(runs: list[Run], rates: list[str], subsets: list[str],
@@ -271,8 +274,6 @@ def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets:
 
 def plot_comparison(runs: list[Run], rates: list[str], path: Path) -> None:
     """Acc-2 and F1 (non-0) against missing rate, one line per run, bands of ± one seed std."""
-    from matplotlib.figure import Figure
-
     x = np.array([float(k) for k in rates])
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2, sharex=True)
@@ -289,8 +290,7 @@ def plot_comparison(runs: list[Run], rates: list[str], path: Path) -> None:
         ax.set_title(f"{label} (non-0); bands: ± std over seeds")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
 
 
 def compare(paths: list[str | Path], output: str | Path, names: list[str] | None = None) -> dict:
@@ -317,7 +317,8 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     if prob is not None:
         prob.to_csv(out / "comparison_probability.csv", index=False)
     table = markdown_table(df, runs, rates, subsets, prob)
-    (out / "comparison.md").write_text(table)
+    with atomic_open(out / "comparison.md") as fh:
+        fh.write(table)
     plot_comparison(runs, rates, out / "comparison.png")
     au = df[df["section"] == "auilc"]
     summary = {
@@ -333,5 +334,5 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     for row in pd.concat([df, prob])[lambda d: d["best"]].itertuples() if prob is not None else \
             df[df["best"]].itertuples():
         summary["best"].setdefault(f"{row.section}/{row.key}/{row.metric}", []).append(row.run)
-    write_json_atomic(summary, out / "comparison.json")
+    write_json(summary, out / "comparison.json")
     return {"table": table, "summary": summary, "frame": df, "probability_frame": prob}

@@ -15,12 +15,12 @@ import pytest
 
 from report import auilc, compare
 from report.__main__ import main as report_main
+from report.tables import format_table
 from tests.conftest import ROOT
 from tests.helpers import tiny_args, tiny_pickle
 from training.cli import main as train_main
 from training.config import Config
 from training.metrics import METRIC_NAMES, sentiment_metrics
-from training.report import format_table
 
 RATES = ["0.0", "0.1", "0.3", "0.5"]
 SUBSETS = ["T", "A", "V", "TA", "TV", "AV", "TAV"]
@@ -215,7 +215,7 @@ def test_report_warns_when_runs_used_different_data(tmp_path, close_rates_run):
 @pytest.mark.slow
 def test_figures_and_table_use_the_tables_prediction(real_run):
     """Risk-coverage at full coverage is the table's Acc-2; every artefact names its prediction."""
-    from training.report import decision_confidence, risk_coverage
+    from report.plots import decision_confidence, risk_coverage
 
     m = json.loads((real_run / "metrics.json").read_text())
     z = dict(np.load(real_run / "predictions.npz"))

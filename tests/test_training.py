@@ -536,7 +536,7 @@ def test_nan_loss_in_the_first_epoch_names_no_checkpoint(tiny, tmp_path, capsys,
 def test_output_dir_problems_get_one_line(tiny, tmp_path, capsys, monkeypatch):
     import errno
 
-    import training.report as report_mod
+    import report.run_report as report_mod
 
     a_file = tmp_path / "a_file"
     a_file.write_text("x")

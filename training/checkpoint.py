@@ -7,9 +7,7 @@ and the RNG states that make ``--resume`` reproduce an uninterrupted run.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.atomic import atomic_open
 from training.errors import UserError, writing
 
 # What lives on the device once loaded; everything else (RNG states, calibration, standardizer,
@@ -37,17 +36,8 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                torch.save(obj, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as fh:
+            torch.save(obj, fh)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",

@@ -23,12 +23,13 @@ import torch
 
 from datasets import MODALITIES, DataError, MultimodalData, Standardizer, load_data, rate_key
 from datasets.storage import cache_key, cached, to_dtype
+from report.run_report import write_report
+from training.atomic import write_json, write_npz
 from training.calibration import Calibration
 from training.checkpoint import CheckpointError
 from training.config import RESUMABLE_CHANGES, Config, fields_in
 from training.errors import ConfigError, OutputError, UserError, writing
 from training.evaluate import Evaluator, aggregate, ensemble, prediction_note
-from training.report import write_json_atomic, write_report
 from training.trainer import Trainer, frame_rates_for, load_for_eval, resolve_device
 from training.tta import build_tta
 
@@ -216,7 +217,7 @@ def _start_run(cfg: Config, out: Path) -> None:
             if p.name in (*SEED_FILES, "metrics.json") and p.exists():
                 p.unlink()
     with writing(out / "config.json"):
-        write_json_atomic(cfg.to_dict(), out / "config.json")
+        write_json(cfg.to_dict(), out / "config.json")
 
 
 def _save_seed_result(run_dir: Path, result: dict) -> None:
@@ -225,13 +226,8 @@ def _save_seed_result(run_dir: Path, result: dict) -> None:
     try:
         with writing(run_dir):
             for name, arr in arrays.items():
-                tmp = run_dir / f"result_{name}.tmp.npz"
-                try:
-                    np.savez(tmp, **arr)
-                    os.replace(tmp, run_dir / f"result_{name}.npz")
-                finally:
-                    tmp.unlink(missing_ok=True)
-            write_json_atomic(result, run_dir / "result.json")
+                write_npz(run_dir / f"result_{name}.npz", **arr)
+            write_json(result, run_dir / "result.json")
     finally:
         for name, arr in arrays.items():
             result[name]["arrays"] = arr
