@@ -1,7 +1,7 @@
 """Missing-modality protocols: random modality masks, fixed subsets, frame-level erasure.
 
 Presence masks are (n, 3) bool in T, A, V order, True = present. ``modality_masks`` is the test-time
-protocol of INTERFACES.md, bit for bit; ``sample_presence`` is its core with the rng passed in, which
+protocol of docs/INTERFACES.md, bit for bit; ``sample_presence`` is its core with the rng passed in, which
 train-time modality dropout calls with the trainer's own generator.
 """
 
@@ -40,7 +40,7 @@ def sample_presence(rng: np.random.Generator, n: int, p: float) -> np.ndarray:
 
 
 def modality_masks(n: int, p: float) -> np.ndarray:
-    """(n, 3) bool, True = present: the fixed test-time masks for rate p (INTERFACES.md)."""
+    """(n, 3) bool, True = present: the fixed test-time masks for rate p (docs/INTERFACES.md)."""
     return sample_presence(np.random.default_rng(round(p * 1000)), n, p)
 
 

@@ -493,3 +493,14 @@ def test_distillation_by_hand_and_only_the_student_learns() -> None:
     torch.testing.assert_close(same, torch.tensor(0.0))
     none = distillation_loss(student, teacher, torch.zeros(3, dtype=torch.bool))
     assert none.item() == 0.0 and not none.requires_grad
+
+
+def test_readme_aecf_example_runs():
+    """The README's AECF drop-in example is runnable as written (its asserts check shapes and that a
+    missing modality gets no weight and cannot change the output)."""
+    from tests.conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## AECF drop-in API")[1].split("\n## ")[0]
+    blocks = section.split("```python\n")[1:]
+    assert len(blocks) == 1, "the README's AECF section should hold one python example"
+    exec(compile(blocks[0].split("```")[0], "README.md (AECF example)", "exec"), {})
