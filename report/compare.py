@@ -311,11 +311,13 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     df = comparison_frame(runs, rates, subsets)
-    df.to_csv(out / "comparison.csv", index=False)
+    with atomic_open(out / "comparison.csv") as fh:
+        df.to_csv(fh, index=False)
     prob_metrics = probability_metrics(runs, rates, subsets)
     prob = comparison_frame(runs, rates, subsets, prob_metrics) if prob_metrics else None
     if prob is not None:
-        prob.to_csv(out / "comparison_probability.csv", index=False)
+        with atomic_open(out / "comparison_probability.csv") as fh:
+            prob.to_csv(fh, index=False)
     table = markdown_table(df, runs, rates, subsets, prob)
     with atomic_open(out / "comparison.md") as fh:
         fh.write(table)

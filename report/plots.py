@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from datasets import rate_key
+from training.atomic import atomic_path
 from training.metrics import (
     ECE_BINS,
     calibrated_twin,
@@ -43,7 +44,8 @@ def _wrap(note: str) -> str:
 
 def save_figure(fig: Figure, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 def plot_missing_rates(results: dict, std: dict, path: Path, title: str = "", note: str = "") -> None:

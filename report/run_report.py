@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from datasets import SUBSETS
-from training.atomic import write_json, write_npz
+from training.atomic import atomic_open, write_json, write_npz
 
 from .plots import plot_calibration, plot_missing_rates, plot_risk_coverage
 from .tables import format_table, results_frame
@@ -65,7 +65,7 @@ def write_report(out_dir: Path, metrics: dict, per_seed: list[dict], labels: np.
     plot_missing_rates(metrics["results"], metrics["std"], out_dir / "missing_rates.png", note=note)
     plot_calibration(npz, out_dir / "calibration.png", note=note)
     metrics["risk_coverage"] = plot_risk_coverage(npz, out_dir / "risk_coverage.png", note=note)
-    results_frame(metrics["results"], metrics["std"], metrics.get("ensemble")).to_csv(
-        out_dir / "results.csv", index=False)
+    with atomic_open(out_dir / "results.csv") as fh:
+        results_frame(metrics["results"], metrics["std"], metrics.get("ensemble")).to_csv(fh, index=False)
     write_json(metrics, out_dir / "metrics.json")
     return format_table(metrics["results"], metrics["std"], len(per_seed), note, metrics.get("ensemble"))

@@ -692,3 +692,22 @@ def test_resume_and_eval_only_on_cuda(tiny, tmp_path, amp):
     assert main([*args, "--resume"]) == 0  # loads last.pt onto the GPU, RNG state on the host
     assert main(["--eval_only", "--checkpoint", str(out), "--data_path", str(tiny), "--device", "cuda", "--quiet",
                  "--output_dir", str(tmp_path / "eval")]) == 0
+
+
+def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
+    """A write that fails half-way keeps the previous file and leaves no temporary file; the
+    written files read back as written (``.npz`` keeps its name, text and binary modes)."""
+    from training.atomic import atomic_open, write_json, write_npz
+
+    target = tmp_path / "metrics.json"
+    write_json({"a": 1}, target)
+    with pytest.raises(TypeError):
+        write_json({"a": 2, "b": object()}, target)  # json.dump fails after writing part of the file
+    assert json.loads(target.read_text()) == {"a": 1}
+    write_npz(tmp_path / "p.npz", compressed=True, x=np.arange(3))
+    with np.load(tmp_path / "p.npz") as z:
+        assert z["x"].tolist() == [0, 1, 2]
+    with pytest.raises(RuntimeError), atomic_open(tmp_path / "c.pt", "wb") as fh:
+        fh.write(b"partial")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "p.npz"]
