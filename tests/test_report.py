@@ -282,3 +282,16 @@ def test_resuming_seeds_finished_before_the_probability_scores(tmp_path):
     assert "ensemble" not in m and "brier" not in m["results"]["missing_rate"]["0.0"]
     assert m["results"]["missing_rate"]["0.0"]["acc2_non0"] > 0
     assert "p_pos" not in np.load(out / "predictions.npz").files
+
+
+@pytest.mark.slow
+def test_interfaces_doc_names_every_field_a_run_writes(real_run):
+    """docs/INTERFACES.md names every metrics.json field, result-row field, data field,
+    predictions.npz array and results.csv column that a run writes today."""
+    doc = (ROOT / "docs" / "INTERFACES.md").read_text()
+    m = json.loads((real_run / "metrics.json").read_text())
+    with np.load(real_run / "predictions.npz") as z:
+        arrays = set(z.files)
+    columns = {c.removesuffix("_std") for c in pd.read_csv(real_run / "results.csv").columns}
+    names = set(m) | set(m["results"]["missing_rate"]["0.0"]) | set(m["data"]) | arrays | columns
+    assert {k for k in names if f'"{k}"' not in doc and f"`{k}`" not in doc} == set()
