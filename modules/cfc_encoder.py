@@ -10,30 +10,18 @@ Padding: ``ncps`` runs a fixed number of steps over the padded batch (it has no 
 the states, not by skipping steps. The forward direction is causal, so its state at a row's last
 valid step (gathered at ``length - 1``) has never seen the padding after it. The backward
 direction runs over each row with its valid steps reversed in place (``x[L-1], ..., x[0]``,
-then the untouched padding), so its state after ``length`` steps is again free of padding; the
-per-step backward states are put back in the original order the same way. Padded steps of
-``tokens`` are zeroed. So padding cannot change any output, whatever it holds.
+then the untouched padding; ``modules.pooling.run_directions``), so its state after ``length``
+steps is again free of padding; the per-step backward states are put back in the original order
+the same way. Padded steps of ``tokens`` are zeroed. So padding cannot change any output, whatever it holds.
 """
 
 from __future__ import annotations
 
-import torch
 from ncps.torch import CfC
 from torch import Tensor, nn
 
 from modules.encoders import GaussianHead
-from modules.pooling import length_mask
-
-
-def reverse_valid(x: Tensor, lengths: Tensor) -> Tensor:
-    """``x (B, L, D)`` with each row's first ``lengths[b]`` steps reversed, padding left in place.
-
-    Its own inverse: ``reverse_valid(reverse_valid(x, n), n) == x``.
-    """
-    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    n = lengths.unsqueeze(1)
-    index = torch.where(steps < n, n - 1 - steps, steps)
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+from modules.pooling import length_mask, run_directions
 
 
 class VariationalCfCEncoder(nn.Module):
@@ -76,13 +64,7 @@ class VariationalCfCEncoder(nn.Module):
         max_len = x.shape[1]
         lengths = lengths.long().clamp(1, max_len)
         mask = length_mask(lengths, max_len)
-        last_step = (lengths - 1).view(-1, 1, 1)
-        outs, lasts = [], []
-        for d, cell in enumerate(self.cells):
-            seq = x if d == 0 else reverse_valid(x, lengths)
-            out, _ = cell(seq)  # (B, L, units): the state after each step
-            lasts.append(out.gather(1, last_step.expand(-1, 1, out.shape[-1])).squeeze(1))
-            outs.append(out if d == 0 else reverse_valid(out, lengths))
-        tokens = self.dropout(self.proj(torch.cat(outs, dim=-1))) * mask.unsqueeze(-1).to(x.dtype)
-        pooled = self.norm(self.dropout(self.proj(torch.cat(lasts, dim=-1))))
+        out, last = run_directions([lambda seq, cell=cell: cell(seq)[0] for cell in self.cells], x, lengths)
+        tokens = self.dropout(self.proj(out)) * mask.unsqueeze(-1).to(x.dtype)
+        pooled = self.norm(self.dropout(self.proj(last)))
         return {"tokens": tokens, "token_mask": mask, "pooled": pooled, **self.head(pooled)}

@@ -14,11 +14,12 @@ encoded like any other and masked later by the fusion stage.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from modules.pooling import length_mask, masked_mean
+from modules.pooling import length_mask, masked_mean, run_directions
 
 LOGVAR_MIN = -10.0
 LOGVAR_MAX = 10.0
@@ -83,16 +84,21 @@ class VariationalMLPEncoder(nn.Module):
 
 
 class VariationalLSTMEncoder(nn.Module):
-    """LSTM encoder over packed sequences (true lengths, ``enforce_sorted=False``).
+    """LSTM encoder over the padded batch with true lengths (no packing: one fused LSTM call per
+    direction, cuDNN on CUDA).
 
     The LSTM has ``ceil(H / directions)`` units per direction; a linear layer maps the
-    concatenated directions back to ``H``. The pooled state is that projection applied to the
-    final hidden states (forward: last valid step; backward: first step), so padding never
-    enters. Length-1 sequences work like any other.
+    concatenated directions back to ``H``. The forward direction is causal, so its state at each
+    row's last valid step (gathered at ``length - 1``) has never seen the padding after it; the
+    backward direction runs with each row's valid steps reversed in place, so it too meets the
+    padding only after them (``modules.pooling.run_directions``). The pooled state is the
+    projection of those final states (forward: last valid step; backward: first step), so padding
+    never enters any output, whatever it holds. Length-1 sequences work like any other. The
+    parameters are those of one ``nn.LSTM`` (bidirectional when asked), as in the packed version
+    this replaced, so its checkpoints still load.
 
-    forward(x (B, L, D), lengths (B,)) -> dict with ``tokens (B, L, H)`` (0 on padded steps;
-    padded back to the input length ``L`` so batches concatenate), ``token_mask (B, L)``,
-    ``pooled (B, H)``, ``mu, logvar, std, z (B, H)``.
+    forward(x (B, L, D), lengths (B,)) -> dict with ``tokens (B, L, H)`` (0 on padded steps),
+    ``token_mask (B, L)``, ``pooled (B, H)``, ``mu, logvar, std, z (B, H)``.
     """
 
     def __init__(self, input_dim: int, hidden_dim: int, dropout: float = 0.0, bidirectional: bool = True,
@@ -106,15 +112,22 @@ class VariationalLSTMEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = GaussianHead(hidden_dim, variational)
 
+    def _direction(self, d: int) -> Callable[[Tensor], Tensor]:
+        """Direction ``d`` of ``self.lstm`` as a one-directional LSTM: ``(B, L, D) -> (B, L, units)``."""
+        per = len(self.lstm._flat_weights) // self.directions
+        weights = self.lstm._flat_weights[d * per:(d + 1) * per]
+
+        def run(seq: Tensor) -> Tensor:
+            zeros = seq.new_zeros(1, seq.shape[0], self.lstm.hidden_size)
+            return torch.lstm(seq, (zeros, zeros), weights, True, 1, 0.0, self.training, False, True)[0]
+        return run
+
     def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         max_len = x.shape[1]
-        lengths = lengths.clamp(1, max_len)
+        lengths = lengths.long().clamp(1, max_len)
         mask = length_mask(lengths, max_len)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h_n, _) = self.lstm(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=max_len)
+        out, last = run_directions([self._direction(d) for d in range(self.directions)], x, lengths)
         tokens = self.dropout(self.proj(out)) * mask.unsqueeze(-1).to(x.dtype)
-        last = torch.cat([h_n[-self.directions + i] for i in range(self.directions)], dim=-1)
         pooled = self.norm(self.dropout(self.proj(last)))
         return {"tokens": tokens, "token_mask": mask, "pooled": pooled, **self.head(pooled)}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 from torch import Tensor
 
@@ -23,3 +25,36 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+def reverse_valid(x: Tensor, lengths: Tensor) -> Tensor:
+    """``x (B, L, D)`` with each row's first ``lengths[b]`` steps reversed, padding left in place.
+
+    Its own inverse: ``reverse_valid(reverse_valid(x, n), n) == x``.
+    """
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    n = lengths.unsqueeze(1)
+    index = torch.where(steps < n, n - 1 - steps, steps)
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def run_directions(directions: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
+                   lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """Run a causal recurrence per direction over a padded batch so padding never reaches a valid state.
+
+    ``directions[0]`` reads ``x (B, L, D)`` as is; ``directions[1]`` (if any) reads each row's valid
+    steps reversed in place (:func:`reverse_valid`), so it also meets the padding only after them.
+    Each maps ``(B, L, D)`` to its per-step states ``(B, L, U)``. ``lengths (B,)`` must lie in
+    ``[1, L]``.
+
+    Returns ``(per_step (B, L, U * directions), final (B, U * directions))``: per-step states in the
+    original order (the backward ones put back), and each direction's state after its last valid
+    step (forward: at ``length - 1``; backward: after reading the first step).
+    """
+    last_step = (lengths - 1).view(-1, 1, 1)
+    outs, lasts = [], []
+    for d, run in enumerate(directions):
+        out = run(x if d == 0 else reverse_valid(x, lengths))
+        lasts.append(out.gather(1, last_step.expand(-1, 1, out.shape[-1])).squeeze(1))
+        outs.append(out if d == 0 else reverse_valid(out, lengths))
+    return torch.cat(outs, dim=-1), torch.cat(lasts, dim=-1)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from attention_robust_v4 import MODALITIES, AttentionRobustV4
-from modules.cfc_encoder import VariationalCfCEncoder, reverse_valid
+from modules.cfc_encoder import VariationalCfCEncoder
 from modules.encoders import build_encoder
 from modules.losses import task_loss
-from modules.pooling import length_mask
+from modules.pooling import length_mask, reverse_valid
 from tests.helpers import tiny_args, tiny_pickle
 from training.cli import main as cli_main
 from training.config import Config

@@ -86,6 +86,21 @@ def test_lstm_length_one_matches_unpadded() -> None:
     torch.testing.assert_close(full["tokens"][:1, :1], alone["tokens"])
 
 
+def test_lstm_matches_packed_sequences() -> None:
+    """The padded run gives what ``nn.LSTM`` over packed sequences gives: tokens and final states."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    enc = VariationalLSTMEncoder(5, H, bidirectional=True).eval()
+    x, lengths = torch.randn(4, 9, 5), torch.tensor([9, 1, 4, 7])
+    out = enc(x, lengths)
+    packed, (h_n, _) = enc.lstm(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    steps, _ = pad_packed_sequence(packed, batch_first=True, total_length=9)
+    mask = length_mask(lengths, 9).unsqueeze(-1)
+    torch.testing.assert_close(out["tokens"], enc.proj(steps) * mask)
+    torch.testing.assert_close(out["pooled"], enc.norm(enc.proj(torch.cat([h_n[0], h_n[1]], dim=-1))))
+
+
 def test_lstm_odd_hidden_unidirectional() -> None:
     enc = VariationalLSTMEncoder(3, 7, bidirectional=True)
     assert enc(torch.randn(2, 5, 3), torch.tensor([5, 2]))["mu"].shape == (2, 7)
