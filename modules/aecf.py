@@ -147,17 +147,26 @@ def renormalize(weights: Tensor, keep: Tensor) -> Tensor:
     return torch.where(total > 0, masked / total.clamp_min(torch.finfo(weights.dtype).tiny), uniform)
 
 
+def check_key_padding_mask(key_padding_mask: Tensor | None) -> None:
+    """Raise ValueError naming the rows of ``key_padding_mask (B, N)`` (True = ignore) that ignore
+    every key. One host sync (none without a mask); the rows are looked up only on error."""
+    if key_padding_mask is None:
+        return
+    empty = key_padding_mask.bool().all(dim=-1)
+    if bool(empty.any()):
+        rows = empty.nonzero().flatten().tolist()
+        raise ValueError(f"row(s) {','.join(map(str, rows))} of key_padding_mask mask every key")
+
+
 def _masked_attention(scores: Tensor, valid: Tensor, curriculum_masking: CurriculumMasking | None,
                       training: bool) -> tuple[Tensor, dict[str, Tensor]]:
     """``scores (B, h, Lq, N)``, ``valid (B, N)`` -> (weights (B, h, Lq, N), info).
 
-    Softmax over the valid keys; in training with curriculum masking, the keep mask is drawn from
-    the head-averaged weights (one draw per sample and query, shared by the heads) and the softmax
-    is taken again over the kept keys only, which equals renormalising the kept weights.
+    Softmax over the valid keys (every row needs one: see :func:`check_key_padding_mask`); in
+    training with curriculum masking, the keep mask is drawn from the head-averaged weights (one
+    draw per sample and query, shared by the heads) and the softmax is taken again over the kept
+    keys only, which equals renormalising the kept weights.
     """
-    if bool((~valid).all(dim=-1).any()):
-        rows = (~valid).all(dim=-1).nonzero().flatten().tolist()
-        raise ValueError(f"row(s) {','.join(map(str, rows))} of key_padding_mask mask every key")
     scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
     weights = torch.softmax(scores, dim=-1)
     mean_w = weights.mean(dim=1)  # (B, Lq, N)
@@ -180,7 +189,9 @@ class MultimodalAttentionPool(nn.Module):
 
     forward(query (B, Lq, D), key (B, N, D), value (B, N, D) or None (= key),
     key_padding_mask (B, N) bool or None (True = ignore that key, e.g. a missing modality),
-    return_info=False, use_checkpoint=False) -> output (B, Lq, D) [, info].
+    return_info=False, use_checkpoint=False, check_mask=True) -> output (B, Lq, D) [, info].
+    A row that ignores every key is an error (one host sync per call to find out); a caller that
+    has already checked its mask passes ``check_mask=False`` and saves that sync.
     With ``batch_first=False`` the tensors are ``(L, B, D)`` instead.
 
     Ignored keys get exactly zero attention. In training the curriculum mask (if any) drops
@@ -212,7 +223,9 @@ class MultimodalAttentionPool(nn.Module):
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor | None = None,
                 key_padding_mask: Tensor | None = None, return_info: bool = False,
-                use_checkpoint: bool = False) -> Tensor | tuple[Tensor, dict[str, Any]]:
+                use_checkpoint: bool = False, check_mask: bool = True) -> Tensor | tuple[Tensor, dict[str, Any]]:
+        if check_mask:
+            check_key_padding_mask(key_padding_mask)
         if value is None:
             value = key
         if not self.batch_first:
@@ -253,6 +266,7 @@ def multimodal_attention_pool(query: Tensor, modalities: Tensor, curriculum_mask
     (B, N)`` True ignores a key. With ``training`` and a curriculum mask, the masked renormalised
     weights combine the values. Returns ``(B, Lq, D)``.
     """
+    check_key_padding_mask(key_padding_mask)
     B, N, D = modalities.shape
     scores = (query @ modalities.transpose(-2, -1)).unsqueeze(1) / math.sqrt(D)  # (B, 1, Lq, N)
     valid = (torch.ones(B, N, dtype=torch.bool, device=modalities.device) if key_padding_mask is None

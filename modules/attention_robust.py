@@ -122,7 +122,8 @@ class AttentionRobustV4(MultimodalModel):
             diagnostics["proxy_attention_mass"] = mass.detach()
 
         query = self.fusion_query.expand(B, -1, -1) + proxy.unsqueeze(1)
-        pooled, info = self.pool(query, z + self.modality_embed, z, key_padding_mask=~presence, return_info=True)
+        pooled, info = self.pool(query, z + self.modality_embed, z, key_padding_mask=~presence, return_info=True,
+                                 check_mask=False)  # check_presence did it
         score, logits = self.head(torch.cat([pooled.squeeze(1), proxy], dim=-1))
 
         entropy = info["entropy"].squeeze(1)

@@ -48,7 +48,9 @@ class FocalLabelSmoothingLoss(nn.Module):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         log_p = F.log_softmax(logits, dim=-1)
         num_classes = logits.shape[-1]
-        q = F.one_hot(target, num_classes).to(log_p.dtype) * (1.0 - self.smoothing) + self.smoothing / num_classes
+        # a comparison, not F.one_hot: one_hot checks the class range with a host sync
+        onehot = target.unsqueeze(-1) == torch.arange(num_classes, device=target.device)
+        q = onehot.to(log_p.dtype) * (1.0 - self.smoothing) + self.smoothing / num_classes
         if self.gamma > 0:
             log_p = (1.0 - log_p.exp()).clamp_min(0.0).pow(self.gamma) * log_p
         return -(q * log_p).sum(dim=-1).mean()
@@ -150,17 +152,28 @@ def masked_pair_mean(values: Tensor, presence: Tensor) -> Tensor:
 # ---- contrastive ---------------------------------------------------------------------------
 
 
-def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.1) -> Tensor:
+def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.1, keep: Tensor | None = None) -> Tensor:
     """Symmetric InfoNCE of paired rows ``a, b (N, P)`` (row i of a matches row i of b).
 
     Rows are L2-normalised; ``logits = a @ b.T / temperature``;
-    ``loss = (CE(logits, arange) + CE(logits.T, arange)) / 2``.
+    ``loss = (CE(logits, arange) + CE(logits.T, arange)) / 2``, each CE averaged over the rows.
+    ``keep (N,)`` bool, if given, restricts everything to the kept rows (equal to selecting them
+    first, without a host sync): other rows are neither anchors nor negatives and get no gradient;
+    with no kept row the loss is 0.
     """
+    if keep is not None:  # dropped rows are zeroed first, so whatever they hold (even NaN) cannot leak
+        a, b = (torch.where(keep[:, None], x, torch.zeros_like(x)) for x in (a, b))
     a = F.normalize(a, dim=-1)
     b = F.normalize(b, dim=-1)
     logits = a @ b.t() / temperature
     target = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    if keep is None:
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+    # a dropped row keeps only its own diagonal entry: its CE is exactly 0 and carries no gradient
+    pairs = (keep[:, None] & keep[None, :]) | torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+    logits = logits.masked_fill(~pairs, float("-inf"))
+    ce = F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.t(), target, reduction="none")
+    return 0.5 * ce.sum() / keep.sum().clamp_min(1)
 
 
 class ModalityContrastiveLoss(nn.Module):
@@ -169,7 +182,7 @@ class ModalityContrastiveLoss(nn.Module):
     Each modality has its own projection head ``Linear(H, H) - GELU - Linear(H, P)``. For a pair
     (i, j) only the rows with both modalities present take part, and a pair with fewer than 2
     such rows is skipped. The loss is the mean of :func:`symmetric_info_nce` over the pairs that
-    count (0, without gradient, if none does).
+    count (0 if none does). No host sync: absent rows are masked, not selected.
 
     forward(embeddings (B, M, H), presence (B, M) bool) -> scalar.
     """
@@ -184,12 +197,11 @@ class ModalityContrastiveLoss(nn.Module):
 
     def forward(self, embeddings: Tensor, presence: Tensor) -> Tensor:
         projected = [head(embeddings[:, m]) for m, head in enumerate(self.heads)]
-        terms = []
+        terms, counts = [], []
         for i, j in itertools.combinations(range(len(self.heads)), 2):
             both = presence[:, i] & presence[:, j]
-            if int(both.sum()) < 2:
-                continue
-            terms.append(symmetric_info_nce(projected[i][both], projected[j][both], self.temperature))
-        if not terms:
-            return embeddings.new_zeros(())
-        return torch.stack(terms).mean()
+            terms.append(symmetric_info_nce(projected[i], projected[j], self.temperature, keep=both))
+            counts.append(both.sum() >= 2)  # a tensor: no host sync
+        counts = torch.stack(counts)
+        total = torch.where(counts, torch.stack(terms), torch.zeros_like(terms[0])).sum()
+        return total / counts.sum().clamp_min(1)

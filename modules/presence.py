@@ -10,10 +10,11 @@ __all__ = ["MODALITIES", "check_presence"]
 
 
 def check_presence(presence: torch.Tensor) -> None:
-    """Raise ValueError naming the samples of ``presence (B, 3)`` that have no modality."""
+    """Raise ValueError naming the samples of ``presence (B, 3)`` that have no modality (one host sync)."""
     if presence.dim() != 2 or presence.shape[1] != 3:
         raise ValueError(f"presence must have shape (B, 3), got {tuple(presence.shape)}")
-    empty = (~presence.bool().any(dim=1)).nonzero().flatten()
-    if len(empty):
-        raise ValueError(f"sample(s) {', '.join(map(str, empty[:10].tolist()))} have no modality present; "
+    empty = ~presence.bool().any(dim=1)
+    if bool(empty.any()):  # one host sync; the rows are looked up only on error
+        rows = empty.nonzero().flatten()[:10].tolist()
+        raise ValueError(f"sample(s) {', '.join(map(str, rows))} have no modality present; "
                          "every sample needs at least one of text, audio, vision")

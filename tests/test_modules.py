@@ -305,6 +305,8 @@ def test_fusion_pool_readme_usage_and_padding() -> None:
     assert loss.dim() == 0
     with pytest.raises(ValueError, match="mask every key"):
         pool(query, modalities, key_padding_mask=torch.ones(8, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"row\(s\) 2 of key_padding_mask mask every key"):
+        multimodal_attention_pool(query, modalities, key_padding_mask=kpm | (torch.arange(8) == 2)[:, None])
 
 
 def test_pool_uses_the_masked_weights() -> None:
@@ -453,6 +455,20 @@ def test_contrastive_uses_only_pairs_with_both_present() -> None:
     torch.testing.assert_close(loss_fn(garbage, presence), expected)
     none = torch.tensor([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0]], dtype=torch.bool)
     assert loss_fn(emb, none) == 0
+
+
+def test_contrastive_masked_rows_match_selected_rows_and_get_no_gradient() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
+    keep = torch.tensor([True, False, True, True, False, True])
+    expected = symmetric_info_nce(a[keep], b[keep], 0.2)
+    poisoned = b.clone()
+    poisoned[~keep] = float("nan")
+    loss = symmetric_info_nce(a, poisoned, 0.2, keep=keep)
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.isfinite(a.grad).all() and (a.grad[~keep] == 0).all() and (a.grad[keep] != 0).any()
+    assert symmetric_info_nce(a, b, 0.2, keep=torch.zeros(6, dtype=torch.bool)) == 0
 
 
 def test_kl_by_hand() -> None:
