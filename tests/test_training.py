@@ -348,7 +348,9 @@ def test_a_run_without_output_dir_gets_its_own_folder_and_the_bar_warns_nothing(
     import warnings
 
     monkeypatch.chdir(tmp_path)
-    argv = [a for a in tiny_args(tiny, tmp_path, "--epochs", "1") if a not in ("--output_dir", str(tmp_path))]
+    # batch 2: 48 steps, so the bar's loss readout (every 25 steps) runs
+    argv = [a for a in tiny_args(tiny, tmp_path, "--epochs", "1", "--batch_size", "2")
+            if a not in ("--output_dir", str(tmp_path))]
     argv.remove("--quiet")  # the progress bar on
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

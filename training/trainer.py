@@ -283,7 +283,7 @@ class Trainer:
                 else:
                     diag_sums[k] = diag_sums.get(k, 0.0) + v.mean().double()
             if self.progress and self.global_step % 25 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         n_batches = max(1, len(slices))
         if dev.type != "cpu" and sums:
             self._check_finite({k: v for k, v in sums.items() if k != "total"},
