@@ -10,9 +10,14 @@ __all__ = ["MODALITIES", "check_presence"]
 
 
 def check_presence(presence: torch.Tensor) -> None:
-    """Raise ValueError naming the samples of ``presence (B, 3)`` that have no modality (one host sync)."""
+    """Raise ValueError naming the samples of ``presence (B, 3)`` that have no modality (one host sync).
+
+    Skipped inside ``torch.compile`` (a host sync would split the compiled graph); the trainer then
+    checks the whole epoch's dropout masks once before its first step."""
     if presence.dim() != 2 or presence.shape[1] != 3:
         raise ValueError(f"presence must have shape (B, 3), got {tuple(presence.shape)}")
+    if torch.compiler.is_compiling():  # a compiled training step: the trainer checks the epoch's masks up front
+        return
     empty = ~presence.bool().any(dim=1)
     if bool(empty.any()):  # one host sync; the rows are looked up only on error
         rows = empty.nonzero().flatten()[:10].tolist()

@@ -212,10 +212,16 @@ def test_nan_in_features_is_refused_with_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_with_the_term_and_step_and_keeps_the_checkpoint(tiny, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("per_step", [True, False], ids=["checked-each-step", "recorded-on-device"])
+def test_nan_loss_stops_with_the_term_and_step_and_keeps_the_checkpoint(tiny, tmp_path, capsys, monkeypatch,
+                                                                        per_step):
+    # the same message whether the terms are checked at each step (CPU) or recorded on the device
+    # and read after the epoch (CUDA): both paths run here, whatever the device
     import torch
 
     import training.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "finite_check_per_step", lambda device: per_step)
 
     real = trainer_mod.task_loss
     calls = {"n": 0}
@@ -713,3 +719,45 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
         fh.write(b"partial")
         raise RuntimeError("killed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "p.npz"]
+
+
+def test_compile_is_refused_where_it_was_not_made_to_work(tiny, tmp_path, capsys):
+    from training.config import Config
+    from training.errors import ConfigError
+
+    for over in ({"encoder": "lstm"}, {"encoder": "cfc"}, {"model": "tfn"}):
+        with pytest.raises(ConfigError, match="--compile reduce-overhead works with the default model"):
+            Config(compile="reduce-overhead", **over).validate()
+    Config(compile="default").validate()
+    with pytest.raises(SystemExit) as exit_:
+        main(tiny_args(tiny, tmp_path / "out", "--compile", "default", "--encoder", "lstm"))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "leave --compile out" in err and "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path):
+    # torch.compile's module shares the parameters: checkpoints hold the plain model's keys, the
+    # compiled forward computes the model's function, and training through it lowers the loss
+    import torch
+
+    from datasets import SplitTensors, make_synthetic
+    from training.config import Config
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
+    cfg = Config(compile="default", device="cpu", hidden_dim=16, num_heads=2, batch_size=16, epochs=8,
+                 train_missing_rate=0.0, lr=3e-3)
+    trainer = Trainer(cfg, data, 7, tmp_path, progress=False)
+    assert trainer.forward is not trainer.model
+    losses = [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs)]
+    assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
+    trainer.save_last()
+    saved = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    assert set(saved) == set(trainer.model.state_dict()) and not any("_orig_mod" in k for k in saved)
+    batch = SplitTensors(data.splits["valid"], "cpu").gather(torch.arange(16))
+    trainer.model.eval()
+    with torch.no_grad():
+        compiled, plain = trainer.forward(batch)["score"], trainer.model(batch)["score"]
+    torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)

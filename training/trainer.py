@@ -21,6 +21,7 @@ from torch import nn
 from datasets import MODALITIES, MultimodalData, SplitTensors, apply_presence, rate_key, sample_presence
 from datasets.batching import batch_slices, epoch_order
 from modules.losses import distillation_loss, kl_warmup, task_loss
+from modules.presence import check_presence
 from modules.registry import available_models, create_model
 from training.calibration import Calibration, fit_calibration
 from training.checkpoint import (
@@ -87,6 +88,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def finite_check_per_step(device: torch.device) -> bool:
+    """Whether the trainer checks the loss terms for NaN/Inf at each step (on the host, where it is
+    free) or once per epoch from device-side records of each term's first bad step (CUDA: no sync)."""
+    return device.type == "cpu"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -139,6 +146,8 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         seed_everything(seed)
         self.model = create_model(cfg.model, cfg, data.dims).to(self.device)
+        # the training forward; the same module and parameters (checkpoints and evaluation use self.model)
+        self.forward = self.model if cfg.compile == "none" else torch.compile(self.model, mode=cfg.compile)
         # build_tta refuses a model without the chosen parameters now, not after training
         self.evaluator = Evaluator.from_config(self.model, cfg, self.device, tta=build_tta(cfg, self.model))
         self.autocast = self.evaluator.autocast
@@ -194,16 +203,18 @@ class Trainer:
         return True
 
     # ---- training ---------------------------------------------------------------------------
-    def _check_finite(self, terms: dict[str, torch.Tensor], when: str | None = None) -> None:
+    def _non_finite(self, name: str, value: float, epoch: int, step: int) -> NonFiniteLossError:
+        last = self.run_dir / "last.pt"
+        where = (f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else
+                 "no epoch finished, so there is no checkpoint to go back to")
+        return NonFiniteLossError(f"loss term '{name}' became {value} at epoch {epoch}, step {step} (seed "
+                                  f"{self.seed}); {where}; try a lower --lr or --grad_clip")
+
+    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
+        """Raise at the first non-finite term of this step (one host sync per term: the CPU path)."""
         for name, value in terms.items():
             if not torch.isfinite(value).all():
-                last = self.run_dir / "last.pt"
-                where = (f"the last good checkpoint is {last} (epoch {self.epoch})" if last.exists() else
-                         "no epoch finished, so there is no checkpoint to go back to")
-                raise NonFiniteLossError(
-                    f"loss term '{name}' became {value.item()} "
-                    f"{when or f'at epoch {self.epoch + 1}, step {self.global_step + 1}'}"
-                    f" (seed {self.seed}); {where}; try a lower --lr or --grad_clip")
+                raise self._non_finite(name, value.item(), self.epoch + 1, self.global_step + 1)
 
     def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
         """Self-distillation term for the samples that lost a modality to train-time dropout; the
@@ -226,7 +237,9 @@ class Trainer:
             if cfg.train_missing_schedule == "uniform":
                 p = float(self.np_rng.uniform(0.0, cfg.train_missing_rate))
             masks.append(sample_presence(self.np_rng, b, p))
-        return torch.from_numpy(np.concatenate(masks) if masks else np.zeros((0, 3), dtype=bool))
+        presence = torch.from_numpy(np.concatenate(masks) if masks else np.zeros((0, 3), dtype=bool))
+        check_presence(presence)  # here on the host, once: a compiled forward skips its own check
+        return presence
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the train split. Batches are gathered on the device with index tensors, the
@@ -248,18 +261,32 @@ class Trainer:
         drops = self._epoch_presence([s.stop - s.start for s in slices]).to(dev, non_blocking=True)
         sums: dict[str, torch.Tensor] = {}
         diag_sums: dict[str, torch.Tensor] = {}
+        # off the CPU, non-finite terms are found without a host sync: per term, the first global
+        # step where it was not finite (-1: never) and its value there, read once after the epoch
+        lazy = not finite_check_per_step(dev)
+        if lazy:
+            step_no = torch.full((), self.global_step, dtype=torch.long, device=dev)
+            first_bad: torch.Tensor | None = None
         bar = tqdm(slices, desc=f"{self.label} epoch {self.epoch + 1}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
         for sl in bar:
             full = source.gather(order[sl])
             batch = apply_presence(full, full["presence"] & drops[sl])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = model(batch)
+                out = self.forward(batch)
                 terms = loss_terms(cfg, out, batch["labels"], kl_scale)
                 if cfg.distill_weight > 0:
                     terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
             terms = {k: v.float() for k, v in terms.items()}
-            if dev.type == "cpu":  # free on the host; on CUDA checked once, at the end of the epoch
+            if lazy:
+                step_no += 1
+                values = torch.stack(list(terms.values()))
+                if first_bad is None:
+                    first_bad, first_value = torch.full_like(values, -1, dtype=torch.long), values.detach().clone()
+                new = (first_bad < 0) & ~torch.isfinite(values)
+                first_bad = torch.where(new, step_no, first_bad)
+                first_value = torch.where(new, values.detach(), first_value)
+            else:  # free on the host
                 self._check_finite(terms)
             loss = sum(terms.values())
             self.optimizer.zero_grad(set_to_none=True)
@@ -285,9 +312,11 @@ class Trainer:
             if self.progress and self.global_step % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         n_batches = max(1, len(slices))
-        if dev.type != "cpu" and sums:
-            self._check_finite({k: v for k, v in sums.items() if k != "total"},
-                               f"in its sum over epoch {self.epoch + 1} (checked once per epoch on {dev})")
+        if lazy and first_bad is not None:
+            bad = [(s, name, v) for name, s, v in zip(terms, first_bad.tolist(), first_value.tolist()) if s >= 0]
+            if bad:
+                step, name, value = min(bad, key=lambda b: b[0])  # the earliest; ties in the terms' order
+                raise self._non_finite(name, value, self.epoch + 1, step)
         stats = {f"loss/{k}": v / n_batches for k, v in zip(sums, _host(sums))}
         stats.update({f"diag/{k}": v / n_batches for k, v in zip(diag_sums, _host(diag_sums))})
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
