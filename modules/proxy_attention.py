@@ -41,6 +41,9 @@ class ProxyCrossModalAttention(nn.Module):
                                  nn.Linear(2 * hidden_dim, hidden_dim))
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.dropout = nn.Dropout(dropout)
+        # (nh, H) one-hot: which head each channel belongs to (a constant, not saved in checkpoints)
+        head_channels = torch.repeat_interleave(torch.eye(num_heads), hidden_dim // num_heads, dim=1)
+        self.register_buffer("head_channels", head_channels, persistent=False)
 
     def project(self, m: int, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """Keys ``k_proj(tokens + type_embed[m])`` and values ``v_proj(tokens)``, each (B, L_m, H)."""
@@ -50,26 +53,26 @@ class ProxyCrossModalAttention(nn.Module):
                 token_masks: list[Tensor]) -> tuple[Tensor, Tensor]:
         B, H = proxy.shape
         nh, hd = self.num_heads, H // self.num_heads
-        q = self.q_proj(proxy).view(B, nh, 1, hd)
-        # scores per modality, so the large key/value tensors are read once and never copied
+        q = self.q_proj(proxy).view(B, 1, nh, hd)
+        # keys and values are read in their stored (B, L_m, H) layout, never transposed or copied:
+        # scores per head as a product-sum over each head's channels
         scores = []
         for k, valid in zip(keys, token_masks):
-            k = k.view(B, -1, nh, hd).transpose(1, 2)  # (B, nh, L_m, hd)
-            s = (q @ k.transpose(-2, -1)) / math.sqrt(hd)  # (B, nh, 1, L_m)
-            scores.append(s.masked_fill(~valid[:, None, None, :], float("-inf")))
+            s = (k.view(B, -1, nh, hd) * q).sum(-1).transpose(1, 2) / math.sqrt(hd)  # (B, nh, L_m)
+            scores.append(s.masked_fill(~valid[:, None, :], float("-inf")))
         sizes = [s.shape[-1] for s in scores]
-        attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, 1, L)
-        out = torch.zeros_like(q)
+        attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, L)
+        out = proxy.new_zeros(B, nh, H)
         for a, v, valid in zip(self.dropout(attn).split(sizes, dim=-1), values, token_masks):
-            part = a @ v.view(B, -1, nh, hd).transpose(1, 2)  # (B, nh, 1, hd)
+            part = torch.bmm(a, v.to(a.dtype))  # (B, nh, H): every head's weights over all channels
             # a modality without a valid key contributes exactly 0, whatever its values hold
-            out = out + torch.where(valid.any(dim=1)[:, None, None, None], part, 0.0)
-        out = out.reshape(B, H)
+            out = out + torch.where(valid.any(dim=1)[:, None, None], part, 0.0)
+        out = (out * self.head_channels.to(out.dtype)).sum(1)  # head h keeps its own channels: (B, H)
 
         p = self.norm1(proxy + self.dropout(self.out_proj(out)))
         p = self.norm2(p + self.dropout(self.ffn(p)))
 
-        per_step = attn.mean(dim=1).squeeze(1)  # (B, L)
+        per_step = attn.mean(dim=1)  # (B, L)
         mass = torch.stack([chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1)], dim=-1)
         return p, mass
 

@@ -68,6 +68,10 @@ def prediction_note(task: str, calibration=None) -> str:
     return f"Acc/F1/MAE/Corr: {decision}{cal}; Brier/NLL/ECE: P(positive) = {prob}"
 
 
+# the presence row of each pattern index (presence_patterns): T, A, TA, V, TV, AV, TAV
+PATTERN_PRESENCE = np.array([[(c + 1) >> b & 1 for b in range(3)] for c in range(7)], dtype=bool)
+
+
 def presence_patterns(presence: np.ndarray) -> np.ndarray:
     """Pattern index 0..6 of each row of ``presence (N, 3)`` (bit T=1, A=2, V=4, minus one)."""
     p = np.asarray(presence, dtype=np.int64)
@@ -159,15 +163,36 @@ class Evaluator:
         self.model.eval()
         source = SplitTensors(split, self.device)
         masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences])).to(self.device)  # (K, N, 3)
+        codes = np.stack([presence_patterns(p) for p in presences])  # (K, N) pattern of each row under each mask
         rows = self._rows(tta)
         parts: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in presences]
         for i in range(0, split.n, rows):
             batch = source.gather(torch.arange(i, min(i + rows, split.n)))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                 states = self.model.encode(batch)
+            chunk_codes = codes[:, i:i + rows]
+            patterns = np.unique(chunk_codes)
+            if tta is None and len(patterns) < len(presences) and patterns[0] >= 0:  # (-1: a row with no modality)
+                for j, out in enumerate(self._fuse_by_pattern(states, chunk_codes, patterns, autocast)):
+                    parts[j].append(out)
+                continue
             for j in range(len(presences)):
                 parts[j].append(self._fuse_chunk(states, masks[j, i:i + rows], autocast, tta, split, i))
         return [_collect(p) for p in parts]
+
+    def _fuse_by_pattern(self, states: dict[str, torch.Tensor], codes: np.ndarray, patterns: np.ndarray,
+                         autocast: bool) -> list[tuple[torch.Tensor, ...]]:
+        """The chunk fused under each of K masks given as pattern ``codes (K, n)``, with one pass per
+        distinct pattern (``patterns``, at most 7) instead of one per mask: every row is fused under
+        each pattern, and each mask takes its rows from the pass of their pattern. In eval mode rows
+        are fused independently of each other, so this equals one pass per mask."""
+        n = codes.shape[1]
+        passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))).to(self.device),
+                                   autocast) for c in patterns]
+        where = torch.from_numpy(np.searchsorted(patterns, codes)).to(self.device)  # (K, n): the pass of each row
+        rows = torch.arange(n, device=self.device)
+        tables = [None if passes[0][t] is None else torch.stack([p[t] for p in passes]) for t in range(3)]
+        return [tuple(None if tab is None else tab[where[j], rows] for tab in tables) for j in range(len(codes))]
 
     def predictions(self, fused: Fused, presence: np.ndarray | None = None,
                     calibrated: bool = True) -> tuple[np.ndarray, np.ndarray]:
