@@ -761,3 +761,22 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path):
     with torch.no_grad():
         compiled, plain = trainer.forward(batch)["score"], trainer.model(batch)["score"]
     torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)
+
+
+def test_a_failing_compilation_is_one_line_naming_the_flag(tiny, tmp_path, capsys, monkeypatch):
+    import torch._dynamo.exc
+
+    import training.trainer as trainer_mod
+
+    def broken(model, mode):
+        def forward(batch):
+            raise torch._dynamo.exc.BackendCompilerFailed(
+                "inductor", RuntimeError("Unexpected floating ScalarType in at::autocast::prioritize"), None)
+        return forward
+
+    monkeypatch.setattr(trainer_mod.torch, "compile", broken)
+    assert main(tiny_args(tiny, tmp_path / "out", "--compile", "reduce-overhead")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    assert "--compile reduce-overhead" in err and "Unexpected floating ScalarType" in err and \
+        "run without --compile" in err

@@ -67,6 +67,10 @@ class NonFiniteLossError(UserError):
     """A loss term became NaN or Inf; the message names the term, the epoch and the step."""
 
 
+class CompileError(UserError):
+    """``torch.compile`` could not compile the training forward (``--compile``)."""
+
+
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; a card that is not there
     raises ConfigError."""
@@ -216,6 +220,19 @@ class Trainer:
             if not torch.isfinite(value).all():
                 raise self._non_finite(name, value.item(), self.epoch + 1, self.global_step + 1)
 
+    def _forward(self, batch: dict[str, torch.Tensor]) -> dict:
+        """The model's training forward, compiled with ``--compile``; a compilation that fails is a
+        one-line CompileError naming the flag, not torch's traceback."""
+        if self.forward is self.model:
+            return self.model(batch)
+        try:
+            return self.forward(batch)
+        except torch._dynamo.exc.TorchDynamoException as err:
+            inner = getattr(err, "inner_exception", None) or err
+            first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
+            raise CompileError(f"--compile {self.cfg.compile}: torch.compile failed on the training forward "
+                               f"({type(inner).__name__}: {first}); run without --compile") from err
+
     def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
         """Self-distillation term for the samples that lost a modality to train-time dropout; the
         teacher is this model in eval mode, without gradient, on the batch before dropout."""
@@ -273,7 +290,7 @@ class Trainer:
             full = source.gather(order[sl])
             batch = apply_presence(full, full["presence"] & drops[sl])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self.forward(batch)
+                out = self._forward(batch)
                 terms = loss_terms(cfg, out, batch["labels"], kl_scale)
                 if cfg.distill_weight > 0:
                     terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
