@@ -115,12 +115,17 @@ class SplitTensors:
     RESIDENT_FRACTION of its free memory, or forced by the argument); otherwise they stay on the
     host (``torch.from_numpy``, no copy) and each gathered batch travels through pinned memory
     with ``non_blocking``. Features stored as float16 are gathered as float16 and cast to float32
-    on ``device``.
+    on ``device``. ``keep`` (``datasets.frame_keep``): per modality an (N, L_m) bool of the time
+    steps to keep; the others are zeroed in each gathered batch (frame-level missing without a copy
+    of the split).
     """
 
-    def __init__(self, split: Split, device: torch.device | str = "cpu", resident: bool | None = None):
+    def __init__(self, split: Split, device: torch.device | str = "cpu", resident: bool | None = None,
+                 keep: dict[str, np.ndarray] | None = None):
         self.device = torch.device(device)
         host = {m: _as_tensor(split.features(m)) for m in MODALITIES}
+        if keep is not None:  # frame-level erasure (datasets.frame_keep): (N, L_m) bool per modality
+            host.update({f"{m}_keep": torch.from_numpy(np.ascontiguousarray(keep[m], dtype=bool)) for m in MODALITIES})
         host["lengths"] = torch.from_numpy(np.ascontiguousarray(split.lengths, dtype=np.int64))
         host["labels"] = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
         if self.device.type == "cpu":
@@ -142,5 +147,7 @@ class SplitTensors:
         for m in MODALITIES:
             if batch[m].dtype != torch.float32:
                 batch[m] = batch[m].float()
+            if f"{m}_keep" in batch:
+                batch[m] = batch[m] * batch.pop(f"{m}_keep").unsqueeze(-1)
         batch["presence"] = torch.ones(len(index), 3, dtype=torch.bool, device=self.device)
         return batch

@@ -51,25 +51,35 @@ def subset_masks(n: int, name: str) -> np.ndarray:
     return np.tile(np.array(SUBSETS[name], dtype=bool), (n, 1))
 
 
-def frame_missing(split: Split, r: float) -> Split:
-    """A copy of ``split`` with each valid time step of each modality zeroed with probability r.
+def frame_keep(split: Split, r: float) -> dict[str, np.ndarray]:
+    """Per modality, ``(N, L_m)`` bool: the time steps ``frame_missing(split, r)`` keeps (True) and
+    zeroes (False), without touching the features (N x L bytes per modality).
 
-    One rng ``default_rng(round(r * 1000))`` draws (N, L) uniforms per modality in T, A, V order; a
-    sequence that would lose every step keeps one valid step chosen uniformly. Padding is untouched,
-    lengths are unchanged, the input arrays are not modified. r == 0 returns ``split`` itself.
+    One rng ``default_rng(round(r * 1000))`` draws (N, L) uniforms per modality in T, A, V order; each
+    valid step is erased with probability r; a sequence that would lose every step keeps one valid
+    step chosen uniformly. Padding is always kept (it is zero already).
     """
-    if r == 0:
-        return split
     rng = np.random.default_rng(round(r * 1000))
-    out = {}
+    keep = {}
     for j, m in enumerate(MODALITIES):
-        x = split.features(m)
-        n, seq_len = x.shape[:2]
+        n, seq_len = split.features(m).shape[:2]
         lengths = split.lengths[:, j]
         valid = np.arange(seq_len)[None, :] < lengths[:, None]
         erase = (rng.random((n, seq_len)) < r) & valid
         all_gone = erase.sum(1) == lengths
         rows = np.nonzero(all_gone)[0]
         erase[rows, rng.integers(0, lengths[rows])] = False
-        out[m] = x * ~erase[:, :, None]
-    return dataclasses.replace(split, **out)
+        keep[m] = ~erase
+    return keep
+
+
+def frame_missing(split: Split, r: float) -> Split:
+    """A copy of ``split`` with each valid time step of each modality zeroed with probability r
+    (the steps ``frame_keep`` drops). Padding is untouched, lengths are unchanged, the input arrays
+    are not modified. r == 0 returns ``split`` itself. The evaluation sweep does not copy: it passes
+    ``frame_keep`` to ``SplitTensors``, which zeroes the steps batch by batch.
+    """
+    if r == 0:
+        return split
+    keep = frame_keep(split, r)
+    return dataclasses.replace(split, **{m: split.features(m) * keep[m][:, :, None] for m in MODALITIES})

@@ -10,6 +10,7 @@ from datasets import SUBSETS, make_synthetic, modality_masks, subset_masks
 from modules.registry import create_model
 from training.config import Config
 from training.evaluate import PATTERN_PRESENCE, Evaluator, presence_patterns
+from training.metrics import sentiment_metrics
 
 
 def _evaluator(model_name: str) -> tuple[Evaluator, object]:
@@ -45,3 +46,35 @@ def test_fuse_many_still_refuses_a_row_without_modalities():
     presences = [subset_masks(test.n, s) for s in SUBSETS] + [bad]
     with pytest.raises(ValueError, match="sample.* 5 have no modality present"):
         ev.fuse_many(test, presences)
+
+
+def test_frame_erasure_batch_by_batch_equals_the_erased_copy():
+    from datasets import SplitTensors, frame_keep, frame_missing
+
+    _, test = _evaluator("attention_robust_v4")
+    copy = frame_missing(test, 0.4)
+    rows = torch.tensor([0, 7, 599, 3])
+    lazy = SplitTensors(test, "cpu", keep=frame_keep(test, 0.4)).gather(rows)
+    eager = SplitTensors(copy, "cpu").gather(rows)
+    for m in ("text", "audio", "vision"):
+        assert torch.equal(lazy[m], eager[m]), m
+    assert not torch.equal(lazy["audio"], SplitTensors(test, "cpu").gather(rows)["audio"])  # something was erased
+
+
+@pytest.mark.parametrize("tta", [None, "norm"])
+def test_the_sweep_erases_frames_batch_by_batch_as_the_erased_copy_would(tta):
+    # the frame-level rows of the sweep (erased batch by batch) equal a fuse of the erased copy;
+    # test-time adaptation that re-encodes reads the erased features too
+    from datasets import frame_missing
+    from training.tta import Tent
+
+    ev, test = _evaluator("attention_robust_v4")
+    if tta:
+        ev.tta = Tent(ev.model, tta)
+    full = np.ones((test.n, 3), dtype=bool)
+    out = ev.sweep(test, [0.0], [0.0, 0.3, 0.6])
+    for r in (0.3, 0.6):
+        fused = ev.fuse_many(frame_missing(test, r), [full])[0]
+        preds, _ = ev.predictions(fused, full)
+        assert out["frame_missing_rate"][repr(r)] == sentiment_metrics(
+            preds, test.labels, p_pos=ev.positive_scores(fused, full)), r

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import SUBSETS, Split, SplitTensors, frame_missing, modality_masks, rate_key, subset_masks
+from datasets import SUBSETS, Split, SplitTensors, frame_keep, modality_masks, rate_key, subset_masks
 from datasets.classes import class_centres, positive_probability
 from training.metrics import mean_std, sentiment_metrics
 from training.objectives import LOWER_IS_BETTER, OBJECTIVES
@@ -128,7 +128,8 @@ class Evaluator:
         return _eval_rows(self.batch_size) if tta is None else self.batch_size
 
     def _fuse_chunk(self, states: dict[str, torch.Tensor], presence: torch.Tensor, autocast: bool,
-                    tta: Tent | None = None, source: Split | None = None, start: int = 0) -> tuple[torch.Tensor, ...]:
+                    tta: Tent | None = None, source: Split | SplitTensors | None = None,
+                    start: int = 0) -> tuple[torch.Tensor, ...]:
         """(score, logits, fusion weights or None) of one chunk; with ``tta`` the chunk (rows ``start`` on of
         ``source``) is adapted on first."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
@@ -151,17 +152,19 @@ class Evaluator:
         return _collect(parts)
 
     @torch.no_grad()
-    def fuse_many(self, split: Split, presences: list[np.ndarray], raw: bool = False) -> list[Fused]:
+    def fuse_many(self, split: Split, presences: list[np.ndarray], raw: bool = False,
+                  keep: dict[str, np.ndarray] | None = None) -> list[Fused]:
         """``[fuse of split under presences[j] (N, 3) bool for each j]``, encoding each chunk of rows once.
 
         Equal to ``encode`` + one ``fuse`` per mask, but only one chunk's states exist at a time (on
         the device: no host round trip per mask), and all masks go to the device in one copy. With
         ``tta`` the chunks are the evaluation batches (``batch_size`` rows), each adapted on.
-        ``raw``: without autocast and test-time adaptation.
+        ``raw``: without autocast and test-time adaptation. ``keep``: frame-level erasure
+        (``datasets.frame_keep``), applied batch by batch.
         """
         autocast, tta = (False, None) if raw else (self.autocast, self.tta)
         self.model.eval()
-        source = SplitTensors(split, self.device)
+        source = SplitTensors(split, self.device, keep=keep)
         masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences])).to(self.device)  # (K, N, 3)
         codes = np.stack([presence_patterns(p) for p in presences])  # (K, N) pattern of each row under each mask
         rows = self._rows(tta)
@@ -177,7 +180,7 @@ class Evaluator:
                     parts[j].append(out)
                 continue
             for j in range(len(presences)):
-                parts[j].append(self._fuse_chunk(states, masks[j, i:i + rows], autocast, tta, split, i))
+                parts[j].append(self._fuse_chunk(states, masks[j, i:i + rows], autocast, tta, source, i))
         return [_collect(p) for p in parts]
 
     def _fuse_by_pattern(self, states: dict[str, torch.Tensor], codes: np.ndarray, patterns: np.ndarray,
@@ -243,9 +246,9 @@ class Evaluator:
                      + [full] * sum(r == 0 for r in frame_rates))
         fused_all = iter(self.fuse_many(split, presences))
 
-        def run(presence: np.ndarray, frames: Split | None = None
+        def run(presence: np.ndarray, keep: dict[str, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, Fused]:
-            fused = next(fused_all) if frames is None else self.fuse_many(frames, [presence])[0]
+            fused = next(fused_all) if keep is None else self.fuse_many(split, [presence], keep=keep)[0]
             preds, probs = self.predictions(fused, presence)
             p_pos = self.positive_scores(fused, presence)
             return preds, probs, p_pos, sentiment_metrics(preds, split.labels, p_pos=p_pos), fused
@@ -266,7 +269,7 @@ class Evaluator:
             subset_preds.append(preds)
             subset_p_pos.append(p_pos)
         for r in frame_rates:
-            out["frame_missing_rate"][rate_key(r)] = run(full, None if r == 0 else frame_missing(split, r))[3]
+            out["frame_missing_rate"][rate_key(r)] = run(full, None if r == 0 else frame_keep(split, r))[3]
         out["arrays"] = {
             "preds": np.stack(preds_r).astype(np.float32),
             "probs": np.stack(probs_r).astype(np.float32),

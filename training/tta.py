@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from datasets import MultimodalTensorDataset, Split
+from datasets import MultimodalTensorDataset, Split, SplitTensors
 from training.errors import ConfigError
 
 NORM_LAYERS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -88,7 +88,8 @@ class Tent:
     ``tent(states, presence, source, rows) -> out`` adapts on the batch and returns the model's
     ``fuse`` output with the adapted weights, then restores the weights it found. ``states`` are
     the encoded rows ``rows`` of ``source`` (dict of tensors with first dimension B),
-    ``presence (B, 3)`` bool; ``source`` gives the features when a chosen parameter acts in encode.
+    ``presence (B, 3)`` bool; ``source`` (a Split, or the ``SplitTensors`` an evaluation gathers
+    from, frame-level erasure included) gives the features when a chosen parameter acts in encode.
     """
 
     def __init__(self, model: nn.Module, params: str = "norm", steps: int = 1, lr: float = 1e-3):
@@ -107,7 +108,8 @@ class Tent:
                                         allow_unused=True)
         return any(g is not None for g in grads)
 
-    def __call__(self, states: dict[str, Tensor], presence: Tensor, source: Split, rows: range) -> dict[str, Any]:
+    def __call__(self, states: dict[str, Tensor], presence: Tensor, source: Split | SplitTensors,
+                 rows: range) -> dict[str, Any]:
         model = self.model
         model.eval()
         device = presence.device
@@ -140,9 +142,11 @@ class Tent:
                 p.requires_grad_(grad_flags[n])
 
     @staticmethod
-    def _features(source: Split, rows: range, device: torch.device) -> dict[str, Tensor]:
-        batch = MultimodalTensorDataset(source)[np.arange(rows.start, rows.stop)]
-        return {k: v.to(device) for k, v in batch.items() if k != "presence"}
+    def _features(source: Split | SplitTensors, rows: range, device: torch.device) -> dict[str, Tensor]:
+        index = np.arange(rows.start, rows.stop)
+        batch = (source.gather(torch.from_numpy(index)) if isinstance(source, SplitTensors)
+                 else MultimodalTensorDataset(source)[index])
+        return {k: v.to(device) for k, v in batch.items() if k not in ("presence", "index")}
 
 
 def build_tta(cfg, model: nn.Module) -> Tent | None:
