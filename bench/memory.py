@@ -144,7 +144,7 @@ def run(quick: bool = False, device: str = "cpu", scale: float | None = None,
                   f"({f['above_start_multiplier']:.2f}x above the {m['start']['VmRSS']:.0f} MB of imports) "
                   f"(private {f['peak_anon']:.0f} MB = {f['peak_anon'] / raw:.2f}x); after load "
                   f"{m['loaded']['VmRSS']:.0f} MB ({f['load_s']:.1f} s), peak to the end of training "
-                  f"{m['trained']['peak_rss']:.0f} MB", flush=True)
+                  f"{m['trained']['peak_rss']:.0f} MB (private {m['trained']['peak_anon']:.0f} MB)", flush=True)
     return results
 
 
