@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     output folder, the variants and the workers."""
 
     class Formatter(HelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
+        """The project's help layout, keeping the description's line breaks."""
 
     parser = ArgumentParser(prog="python -m bench.ablation", description=__doc__, formatter_class=Formatter,
                             usage="%(prog)s [--variants NAME ...] [--workers N] [training flags]")

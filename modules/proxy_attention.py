@@ -64,7 +64,7 @@ class ProxyCrossModalAttention(nn.Module):
         attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, L)
         out = proxy.new_zeros(B, nh, H)
         for a, v, valid in zip(self.dropout(attn).split(sizes, dim=-1), values, token_masks):
-            part = torch.bmm(a, v.to(a.dtype))  # (B, nh, H): every head's weights over all channels
+            part = torch.bmm(a, v)  # (B, nh, H): every head's weights over all channels
             # a modality without a valid key contributes exactly 0, whatever its values hold
             out = out + torch.where(valid.any(dim=1)[:, None, None], part, 0.0)
         out = (out * self.head_channels.to(out.dtype)).sum(1)  # head h keeps its own channels: (B, H)
