@@ -27,15 +27,30 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
 
 
+class _Reverse(torch.autograd.Function):
+    """``x.gather(1, index)`` for an ``index`` that is its own inverse permutation of the steps, so
+    the gradient is the same gather (no scatter-add into a zero tensor, the default gather backward)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        return x.gather(1, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        (index,) = ctx.saved_tensors
+        return grad.gather(1, index), None
+
+
 def reverse_valid(x: Tensor, lengths: Tensor) -> Tensor:
     """``x (B, L, D)`` with each row's first ``lengths[b]`` steps reversed, padding left in place.
 
-    Its own inverse: ``reverse_valid(reverse_valid(x, n), n) == x``.
+    Its own inverse: ``reverse_valid(reverse_valid(x, n), n) == x``, and so is its gradient.
     """
     steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
     n = lengths.unsqueeze(1)
     index = torch.where(steps < n, n - 1 - steps, steps)
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return _Reverse.apply(x, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 def run_directions(directions: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
@@ -49,12 +64,15 @@ def run_directions(directions: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
 
     Returns ``(per_step (B, L, U * directions), final (B, U * directions))``: per-step states in the
     original order (the backward ones put back), and each direction's state after its last valid
-    step (forward: at ``length - 1``; backward: after reading the first step).
+    step (forward: at ``length - 1``; backward: after reading the first step, which it also holds
+    at ``length - 1`` of its own order).
     """
-    last_step = (lengths - 1).view(-1, 1, 1)
+    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
+    last_step = (steps == (lengths - 1).unsqueeze(1)).unsqueeze(-1)  # (B, L, 1): one True per row
     outs, lasts = [], []
     for d, run in enumerate(directions):
         out = run(x if d == 0 else reverse_valid(x, lengths))
-        lasts.append(out.gather(1, last_step.expand(-1, 1, out.shape[-1])).squeeze(1))
+        # the one step selected by a mask (a product and a sum, whose gradient is a product)
+        lasts.append((out * last_step.to(out.dtype)).sum(dim=1))
         outs.append(out if d == 0 else reverse_valid(out, lengths))
     return torch.cat(outs, dim=-1), torch.cat(lasts, dim=-1)

@@ -42,6 +42,16 @@ def test_reverse_valid_reverses_the_valid_steps_only() -> None:
     assert torch.equal(reverse_valid(r, torch.tensor([3, 6])), x)
 
 
+def test_reverse_valid_gradient_is_that_of_the_reordering() -> None:
+    # the gradient of a reordering puts each output's gradient back at the step it came from
+    lengths = torch.tensor([4, 1, 6])
+    x = torch.randn(3, 6, 2, dtype=torch.double, requires_grad=True)
+    torch.autograd.gradcheck(lambda t: reverse_valid(t, lengths), (x,))
+    w = torch.randn(3, 6, 2, dtype=torch.double)
+    (reverse_valid(x, lengths) * w).sum().backward()
+    assert torch.equal(x.grad, reverse_valid(w, lengths))
+
+
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_padding_cannot_change_any_output(bidirectional: bool) -> None:
     torch.manual_seed(0)
