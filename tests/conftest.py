@@ -10,6 +10,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]  # on sys.path through pytest's pythonpath setting (pyproject.toml)
 
+# Under pytest-xdist (``pytest -n N``) every worker, and every process a test starts, gets its share
+# of the cores: N workers with a thread per core each would oversubscribe the CPU many times over.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _share = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 SHARED_DATA = Path(os.environ.get("ATTENTION_ROBUST_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SHARED_PKL = SHARED_DATA / "mosi_bclstm_dev.pkl"
 SHARED_CSD = SHARED_DATA / "mosi_bclstm_dev_csd"

@@ -725,19 +725,21 @@ def test_compile_is_refused_where_it_was_not_made_to_work(tiny, tmp_path, capsys
     from training.config import Config
     from training.errors import ConfigError
 
-    for over in ({"encoder": "lstm"}, {"encoder": "cfc"}, {"model": "tfn"}):
+    for over in ({"encoder": "cfc"}, {"model": "tfn"}, {"model": "ef_lstm"}):
         with pytest.raises(ConfigError, match="--compile reduce-overhead works with the default model"):
             Config(compile="reduce-overhead", **over).validate()
     Config(compile="default").validate()
+    Config(compile="reduce-overhead", encoder="lstm").validate()
     with pytest.raises(SystemExit) as exit_:
-        main(tiny_args(tiny, tmp_path / "out", "--compile", "default", "--encoder", "lstm"))
+        main(tiny_args(tiny, tmp_path / "out", "--compile", "default", "--encoder", "cfc"))
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "leave --compile out" in err and "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
-def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path):
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, encoder):
     # torch.compile's module shares the parameters: checkpoints hold the plain model's keys, the
     # compiled forward computes the model's function, and training through it lowers the loss
     import torch
@@ -747,8 +749,8 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path):
     from training.trainer import Trainer
 
     data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
-    cfg = Config(compile="default", device="cpu", hidden_dim=16, num_heads=2, batch_size=16, epochs=8,
-                 train_missing_rate=0.0, lr=3e-3)
+    cfg = Config(compile="default", encoder=encoder, device="cpu", hidden_dim=16, num_heads=2, batch_size=16,
+                 epochs=8, train_missing_rate=0.0, lr=3e-3)
     trainer = Trainer(cfg, data, 7, tmp_path, progress=False)
     assert trainer.forward is not trainer.model
     losses = [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs)]

@@ -167,7 +167,8 @@ class Config:
     amp: bool = _f(False, "automatic mixed precision (CUDA only)", group="run", kind="resumable")
     compile: str = _f("none", "torch.compile the model's training forward: 'default' fuses its many small "
                       "ops into few kernels, 'reduce-overhead' also replays them as CUDA graphs; the first "
-                      "steps pay the compilation (about a minute), so it pays on large data on a GPU",
+                      "steps pay the compilation (about a minute), so it pays on large data on a GPU; with --encoder "
+                      "lstm the LSTM calls stay cuDNN's and everything around them is compiled",
                       ["none", "default", "reduce-overhead"], group="run", kind="resumable")
     # ---- evaluation -------------------------------------------------------------------------
     eval_missing_rates: list[float] = _f(DEFAULT_RATES, "random modality-missing rates of the test sweep",
@@ -262,10 +263,10 @@ class Config:
              "eval_missing_rates lists a rate twice; give each rate once"),
             (len(set(self.eval_frame_missing_rates)) == len(self.eval_frame_missing_rates),
              "eval_frame_missing_rates lists a rate twice; give each rate once"),
-            (self.compile == "none" or (self.model == "attention_robust_v4" and self.encoder == "mlp"),
-             f"--compile {self.compile} works with the default model and --encoder mlp only (the recurrent "
-             "encoders and the baselines split the compiled graph at every recurrence, and --encoder lstm "
-             "with --amp fails to compile on CUDA); leave --compile out"),
+            (self.compile == "none" or (self.model == "attention_robust_v4" and self.encoder in ("mlp", "lstm")),
+             f"--compile {self.compile} works with the default model and --encoder mlp or lstm only (the CfC "
+             "cells and the baselines' recurrences would be unrolled step by step into the graph); leave "
+             "--compile out"),
             (self.tta_steps >= 1, "tta_steps must be >= 1"),
             (self.tta_lr > 0, "tta_lr must be > 0"),
             (not self.eval_only or self.checkpoint, "--eval_only needs --checkpoint PATH"),
