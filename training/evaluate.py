@@ -245,13 +245,21 @@ class Evaluator:
         presences = ([modality_masks(split.n, p) for p in rates] + [subset_masks(split.n, name) for name in SUBSETS]
                      + [full] * sum(r == 0 for r in frame_rates))
         fused_all = iter(self.fuse_many(split, presences))
+        done: dict[bytes, tuple] = {}  # a mask met again (rate 0 = subset TAV = frame rate 0): its results
 
         def run(presence: np.ndarray, keep: dict[str, np.ndarray] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, Fused]:
             fused = next(fused_all) if keep is None else self.fuse_many(split, [presence], keep=keep)[0]
+            key = np.asarray(presence, dtype=bool).tobytes() if keep is None else None
+            if key in done:
+                preds, probs, p_pos, m = done[key]
+                return preds, probs, p_pos, dict(m), fused
             preds, probs = self.predictions(fused, presence)
             p_pos = self.positive_scores(fused, presence)
-            return preds, probs, p_pos, sentiment_metrics(preds, split.labels, p_pos=p_pos), fused
+            m = sentiment_metrics(preds, split.labels, p_pos=p_pos)
+            if key is not None:
+                done[key] = (preds, probs, p_pos, m)
+            return preds, probs, p_pos, dict(m), fused
 
         for p, masks in zip(rates, presences):
             preds, probs, p_pos, m, fused = run(masks)
