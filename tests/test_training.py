@@ -23,6 +23,7 @@ INTERFACES = ROOT / "docs" / "INTERFACES.md"
 SECTIONS = ("missing_rate", "frame_missing_rate", "subsets")
 METRICS = {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece"}
 PROBABILITY_FIELDS = {"brier", "nll", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi"}  # extra fields (INTERFACES)
+CUDA = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
 
 
 @pytest.fixture(scope="module")
@@ -690,7 +691,7 @@ def test_device_names_are_checked():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
+@CUDA
 @pytest.mark.parametrize("amp", ["--amp", "--no_amp"])
 def test_resume_and_eval_only_on_cuda(tiny, tmp_path, amp):
     out = tmp_path / "run"
@@ -739,7 +740,8 @@ def test_compile_is_refused_where_it_was_not_made_to_work(tiny, tmp_path, capsys
 
 @pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["mlp", "lstm"])
-def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, encoder):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, encoder, device):
     # torch.compile's module shares the parameters: checkpoints hold the plain model's keys, the
     # compiled forward computes the model's function, and training through it lowers the loss
     import torch
@@ -749,8 +751,10 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, 
     from training.trainer import Trainer
 
     data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
-    cfg = Config(compile="default", encoder=encoder, device="cpu", hidden_dim=16, num_heads=2, batch_size=16,
-                 epochs=8, train_missing_rate=0.0, lr=3e-3)
+    # on CUDA: CUDA graphs and bf16 autocast, the combination that once failed for the LSTM encoder
+    cuda = device == "cuda"
+    cfg = Config(compile="reduce-overhead" if cuda else "default", encoder=encoder, device=device, amp=cuda,
+                 hidden_dim=16, num_heads=2, batch_size=16, epochs=8, train_missing_rate=0.0, lr=3e-3)
     trainer = Trainer(cfg, data, 7, tmp_path, progress=False)
     assert trainer.forward is not trainer.model
     losses = [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs)]
@@ -758,7 +762,7 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, 
     trainer.save_last()
     saved = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
     assert set(saved) == set(trainer.model.state_dict()) and not any("_orig_mod" in k for k in saved)
-    batch = SplitTensors(data.splits["valid"], "cpu").gather(torch.arange(16))
+    batch = SplitTensors(data.splits["valid"], trainer.device).gather(torch.arange(16))
     trainer.model.eval()
     with torch.no_grad():
         compiled, plain = trainer.forward(batch)["score"], trainer.model(batch)["score"]
