@@ -44,7 +44,7 @@ def ece_score(p_pos: np.ndarray, positive: np.ndarray, n_bins: int = ECE_BINS) -
 def calibrated_twin(conf: np.ndarray, n_sims: int = TWIN_SIMULATIONS, seed: int = 0) -> np.ndarray:
     """``(n_sims, N)`` bool: the hits of a perfectly calibrated predictor with confidences ``conf (N,)``
     (each prediction correct with probability its confidence), seeded. The uniforms are drawn in
-    float32, which is what the band needs and half the draws' cost."""
+    float32 (the band needs no more precision, and they cost less to draw)."""
     conf = np.asarray(conf, dtype=np.float64)
     return np.random.default_rng(seed).random((n_sims, len(conf)), dtype=np.float32) < conf.astype(np.float32)
 
