@@ -42,15 +42,21 @@ class _Reverse(torch.autograd.Function):
         return grad.gather(1, index), None
 
 
-def reverse_valid(x: Tensor, lengths: Tensor) -> Tensor:
+def _reversal(lengths: Tensor, max_len: int) -> Tensor:
+    """(B, L, 1) step index that reverses each row's first ``lengths[b]`` steps and keeps the rest."""
+    steps = torch.arange(max_len, device=lengths.device).unsqueeze(0)
+    n = lengths.unsqueeze(1)
+    return torch.where(steps < n, n - 1 - steps, steps).unsqueeze(-1)
+
+
+def reverse_valid(x: Tensor, lengths: Tensor, index: Tensor | None = None) -> Tensor:
     """``x (B, L, D)`` with each row's first ``lengths[b]`` steps reversed, padding left in place.
 
     Its own inverse: ``reverse_valid(reverse_valid(x, n), n) == x``, and so is its gradient.
+    ``index``: the (B, L, 1) reversal of these lengths when already made (``run_directions``).
     """
-    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    n = lengths.unsqueeze(1)
-    index = torch.where(steps < n, n - 1 - steps, steps)
-    return _Reverse.apply(x, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    index = _reversal(lengths, x.shape[1]) if index is None else index
+    return _Reverse.apply(x, index.expand(-1, -1, x.shape[-1]))
 
 
 def run_directions(directions: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
@@ -69,10 +75,11 @@ def run_directions(directions: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
     """
     steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
     last_step = (steps == (lengths - 1).unsqueeze(1)).unsqueeze(-1)  # (B, L, 1): one True per row
+    index = _reversal(lengths, x.shape[1]) if len(directions) > 1 else None  # made once, used twice
     outs, lasts = [], []
     for d, run in enumerate(directions):
-        out = run(x if d == 0 else reverse_valid(x, lengths))
+        out = run(x if d == 0 else reverse_valid(x, lengths, index))
         # the one step selected by a mask (a product and a sum, whose gradient is a product)
         lasts.append((out * last_step.to(out.dtype)).sum(dim=1))
-        outs.append(out if d == 0 else reverse_valid(out, lengths))
+        outs.append(out if d == 0 else reverse_valid(out, lengths, index))
     return torch.cat(outs, dim=-1), torch.cat(lasts, dim=-1)
