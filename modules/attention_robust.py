@@ -57,7 +57,9 @@ class AttentionRobustV4(MultimodalModel):
     modality's own prediction from its mean) and the ``presence`` (B, 3) they count under.
     A missing modality's states are replaced by zeros and masked out of every weighting, so the
     output does not depend on its features at all. ``{m}_token_mask`` may come back as a float
-    tensor (states stored with ``.float()``); nonzero means valid.
+    tensor (states stored with ``.float()``); nonzero means valid. When ``presence`` is on the host,
+    a modality that no row has is left out of the proxy attention (its keys would all be masked):
+    the same output up to rounding, without the work (the evaluator's pattern passes).
     """
 
     def __init__(self, cfg: Config, dims: dict[str, int]):
@@ -101,6 +103,10 @@ class AttentionRobustV4(MultimodalModel):
         return states
 
     def fuse(self, states: dict[str, Tensor], presence: Tensor) -> dict[str, Any]:
+        # a presence given on the host (the evaluator's) says for free which modalities no row has:
+        # those are left out of the proxy attention, whose keys for them would all be masked
+        used = ([True] * len(MODALITIES) if presence.device.type != "cpu" or torch.compiler.is_compiling()
+                else presence.bool().any(dim=0).tolist())
         presence = presence.to(states["text_mu"].device).bool()
         check_presence(presence)
         B = presence.shape[0]
@@ -116,9 +122,10 @@ class AttentionRobustV4(MultimodalModel):
 
         if self.proxy_attention is not None:
             # a missing modality's keys are masked and its contribution zeroed inside the attention
-            masks = [states[f"{m}_token_mask"].bool() & presence[:, i, None] for i, m in enumerate(MODALITIES)]
-            proxy, mass = self.proxy_attention(proxy, [states[f"{m}_keys"] for m in MODALITIES],
-                                               [states[f"{m}_values"] for m in MODALITIES], masks)
+            keys, values, masks = zip(*[
+                (states[f"{m}_keys"], states[f"{m}_values"], states[f"{m}_token_mask"].bool() & presence[:, i, None])
+                if used[i] else (None, None, None) for i, m in enumerate(MODALITIES)])
+            proxy, mass = self.proxy_attention(proxy, list(keys), list(values), list(masks))
             diagnostics["proxy_attention_mass"] = mass.detach()
 
         query = self.fusion_query.expand(B, -1, -1) + proxy.unsqueeze(1)

@@ -9,12 +9,14 @@
     test set can be encoded once and fused under many masks. ``states`` is a dict of tensors
     whose first dimension is B (so the evaluator can slice and concatenate it).
 ``fuse(states, presence) -> out``
-    ``presence (B, 3)`` bool, True = present, T/A/V order; every row has at least one True
-    (a row without raises ``ValueError``). ``out`` holds ``score (B,)`` (sentiment in [-3, 3]),
-    ``logits (B, C)`` (classification head), ``losses`` (dict name -> scalar tensor, UNWEIGHTED
-    auxiliary terms, training mode only; the trainer weights and schedules them, see
-    ``training.trainer.AUX_WEIGHTS``) and ``diagnostics`` (dict name -> tensor, logged to
-    TensorBoard after a mean). A missing modality must never change an output.
+    ``presence (B, 3)`` bool, True = present, T/A/V order, on the states' device or on the host
+    (the evaluator passes its per-pattern masks on the host, so a model may read them without a
+    device sync); every row has at least one True (a row without raises ``ValueError``).
+    ``out`` holds ``score (B,)`` (sentiment in [-3, 3]), ``logits (B, C)`` (classification head),
+    ``losses`` (dict name -> scalar tensor, UNWEIGHTED auxiliary terms, training mode only; the
+    trainer weights and schedules them, see ``training.trainer.AUX_WEIGHTS``) and ``diagnostics``
+    (dict name -> tensor, logged to TensorBoard after a mean). A missing modality must never
+    change an output.
 
 ``forward(batch, presence=None)`` is ``fuse(encode(batch), presence or batch["presence"])``.
 The trainer, evaluation and report never branch on which model runs.

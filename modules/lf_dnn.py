@@ -52,8 +52,8 @@ class LFDNN(MultimodalModel):
 
     def fuse(self, states: dict[str, torch.Tensor], presence: torch.Tensor) -> dict:
         check_presence(presence)
-        hs = [self.subnets[m](states[f"{m}_pooled"] * presence[:, i:i + 1].to(states[f"{m}_pooled"].dtype))
-              for i, m in enumerate(MODALITIES)]
+        keep = presence.to(states["text_pooled"])  # on the states' device and dtype
+        hs = [self.subnets[m](states[f"{m}_pooled"] * keep[:, i:i + 1]) for i, m in enumerate(MODALITIES)]
         h = self.post(torch.cat(hs, dim=-1))
         return self.predict(h)
 

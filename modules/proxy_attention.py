@@ -23,7 +23,10 @@ class ProxyCrossModalAttention(nn.Module):
     ``forward(proxy (B, H), keys: list of M (B, L_m, H), values: list of M (B, L_m, H),
     token_masks: list of M bool (B, L_m), True = valid key) -> (refined proxy (B, H), modality
     attention mass (B, M))``, the mass being the head-averaged attention each modality's steps
-    receive, summing to 1 per row. Every row needs at least one valid key.
+    receive, summing to 1 per row. Every row needs at least one valid key. A modality missing
+    from every row may be given as ``None`` in all three lists: nothing is computed for its
+    steps and its mass is 0; the result equals that of passing it with every key masked, up to
+    rounding (the softmax sums over fewer terms).
     """
 
     def __init__(self, hidden_dim: int, num_heads: int = 4, num_modalities: int = 3, dropout: float = 0.0):
@@ -49,30 +52,30 @@ class ProxyCrossModalAttention(nn.Module):
         """Keys ``k_proj(tokens + type_embed[m])`` and values ``v_proj(tokens)``, each (B, L_m, H)."""
         return self.k_proj(tokens + self.type_embed[m]), self.v_proj(tokens)
 
-    def forward(self, proxy: Tensor, keys: list[Tensor], values: list[Tensor],
-                token_masks: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, proxy: Tensor, keys: list[Tensor | None], values: list[Tensor | None],
+                token_masks: list[Tensor | None]) -> tuple[Tensor, Tensor]:
         B, H = proxy.shape
         nh, hd = self.num_heads, H // self.num_heads
         q = self.q_proj(proxy).view(B, 1, nh, hd)
+        used = [i for i, k in enumerate(keys) if k is not None]  # None: missing from every row, skipped
         # keys and values are read in their stored (B, L_m, H) layout, never transposed or copied:
         # scores per head as a product-sum over each head's channels
         scores = []
-        for k, valid in zip(keys, token_masks):
-            s = (k.view(B, -1, nh, hd) * q).sum(-1).transpose(1, 2) / math.sqrt(hd)  # (B, nh, L_m)
-            scores.append(s.masked_fill(~valid[:, None, :], float("-inf")))
+        for i in used:
+            s = (keys[i].view(B, -1, nh, hd) * q).sum(-1).transpose(1, 2) / math.sqrt(hd)  # (B, nh, L_m)
+            scores.append(s.masked_fill(~token_masks[i][:, None, :], float("-inf")))
         sizes = [s.shape[-1] for s in scores]
         attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, L)
         out = proxy.new_zeros(B, nh, H)
-        for a, v, valid in zip(self.dropout(attn).split(sizes, dim=-1), values, token_masks):
-            part = torch.bmm(a, v)  # (B, nh, H): every head's weights over all channels
+        for a, i in zip(self.dropout(attn).split(sizes, dim=-1), used):
+            part = torch.bmm(a, values[i])  # (B, nh, H): every head's weights over all channels
             # a modality without a valid key contributes exactly 0, whatever its values hold
-            out = out + torch.where(valid.any(dim=1)[:, None, None], part, 0.0)
+            out = out + torch.where(token_masks[i].any(dim=1)[:, None, None], part, 0.0)
         out = (out * self.head_channels.to(out.dtype)).sum(1)  # head h keeps its own channels: (B, H)
 
         p = self.norm1(proxy + self.dropout(self.out_proj(out)))
         p = self.norm2(p + self.dropout(self.ffn(p)))
 
         per_step = attn.mean(dim=1)  # (B, L)
-        mass = torch.stack([chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1)], dim=-1)
-        return p, mass
-
+        mass = dict(zip(used, (chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1))))
+        return p, torch.stack([mass[i] if i in mass else proxy.new_zeros(B) for i in range(len(keys))], dim=-1)

@@ -207,6 +207,24 @@ def test_proxy_attention_masks_missing_and_padding() -> None:
     assert torch.equal(out, out2) and torch.equal(mass, mass2)
 
 
+def test_proxy_attention_skips_a_modality_given_as_none_as_if_all_its_keys_were_masked() -> None:
+    torch.manual_seed(0)
+    attn = ProxyCrossModalAttention(H, num_heads=4).eval()
+    B = 4
+    kv = [attn.project(m, torch.randn(B, L, H)) for m, L in enumerate((5, 9, 3))]
+    masks = [torch.rand(B, L) > 0.3 for L in (5, 9, 3)]
+    masks[0][:, 0] = True  # every row keeps a valid key
+    proxy = torch.randn(B, H, requires_grad=True)
+    masked = [masks[0], torch.zeros_like(masks[1]), masks[2]]  # audio missing from every row
+    out, mass = attn(proxy, [k for k, _ in kv], [v for _, v in kv], masked)
+    skip, skip_mass = attn(proxy, [kv[0][0], None, kv[2][0]], [kv[0][1], None, kv[2][1]], [masks[0], None, masks[2]])
+    torch.testing.assert_close(skip, out, rtol=0, atol=1e-6)
+    torch.testing.assert_close(skip_mass, mass, rtol=0, atol=1e-6)
+    assert (skip_mass[:, 1] == 0).all()
+    grad, = torch.autograd.grad(skip.sum(), proxy)
+    torch.testing.assert_close(grad, torch.autograd.grad(out.sum(), proxy)[0], rtol=0, atol=1e-5)
+
+
 # ---- AECF --------------------------------------------------------------------------------
 
 

@@ -188,10 +188,11 @@ class Evaluator:
         """The chunk fused under each of K masks given as pattern ``codes (K, n)``, with one pass per
         distinct pattern (``patterns``, at most 7) instead of one per mask: every row is fused under
         each pattern, and each mask takes its rows from the pass of their pattern. In eval mode rows
-        are fused independently of each other, so this equals one pass per mask."""
+        are fused independently of each other, so this equals one pass per mask (up to rounding: the
+        pattern is passed on the host, so a model may skip the work of the modalities it lacks)."""
         n = codes.shape[1]
-        passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))).to(self.device),
-                                   autocast) for c in patterns]
+        passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
+                  for c in patterns]
         where = torch.from_numpy(np.searchsorted(patterns, codes)).to(self.device)  # (K, n): the pass of each row
         rows = torch.arange(n, device=self.device)
         tables = [None if passes[0][t] is None else torch.stack([p[t] for p in passes]) for t in range(3)]
