@@ -24,7 +24,7 @@ def make_step(use_aecf: bool, batches: list[dict]):
     cfg = Config(use_aecf=use_aecf)
     torch.manual_seed(0)
     model = create_model("attention_robust_v4", cfg, DIMS).to(dev).train()
-    opt = build_optimizer(cfg, model, dev)
+    opt = build_optimizer(cfg, model)
     state = {"i": 0}
 
     def step() -> None:

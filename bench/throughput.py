@@ -11,8 +11,8 @@ measured beside it.
 
 Op count: one epoch under ``torch.profiler``, per training step: ``aten::`` ops dispatched, host
 syncs outside the optimizer (``aten::_local_scalar_dense``: ``.item()``/``float()``/``bool()`` of a
-tensor, plus ``aten::nonzero``), the optimizer's own ``.item()`` calls (foreach AdamW reads each
-parameter's step counter, a CPU tensor, on the CPU; fused AdamW on CUDA reads none), and on CUDA
+tensor, plus ``aten::nonzero``), the optimizer's own ``.item()`` calls (fused AdamW reads each parameter's step
+counter once inside its CPU loop, not a device sync, and none on CUDA), and on CUDA
 the kernel launches (``cudaLaunchKernel`` and its kin).
 """
 

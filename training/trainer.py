@@ -126,11 +126,12 @@ def _host(values: dict[str, torch.Tensor]) -> list[float]:
     return torch.stack(list(values.values())).tolist() if values else []
 
 
-def build_optimizer(cfg: Config, model: nn.Module, device: torch.device) -> torch.optim.AdamW:
-    """AdamW updating all parameters in a few multi-tensor kernels: ``fused`` on CUDA, ``foreach``
-    elsewhere (the same arithmetic as the per-parameter loop, in far fewer ops)."""
-    kind = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **kind)
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.AdamW:
+    """AdamW with torch's ``fused`` implementation on every device: a few kernels per step on CUDA,
+    one C++ loop on the CPU (the ``foreach`` implementation runs tensor by tensor on the CPU: about
+    2,500 more ops per step for the default model). It differs from the per-parameter loop by
+    rounding only."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
 
 
 class Trainer:
@@ -155,7 +156,7 @@ class Trainer:
         # build_tta refuses a model without the chosen parameters now, not after training
         self.evaluator = Evaluator.from_config(self.model, cfg, self.device, tta=build_tta(cfg, self.model))
         self.autocast = self.evaluator.autocast
-        self.optimizer = build_optimizer(cfg, self.model, self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
         n_train = data.splits["train"].n
         self.steps_per_epoch = n_train // cfg.batch_size + (n_train % cfg.batch_size > 1)
         self.scheduler = build_scheduler(cfg, self.optimizer, self.steps_per_epoch)
