@@ -11,7 +11,8 @@ For each seed's ``RUN_DIR/seed_*/best.pt`` (data and standardization from the ch
 * test: each source fitted on the whole validation split (as ``fit_calibration`` does).
 
 Brier and NLL of P(positive) on the non-0 samples at each random missing rate (the test-time
-masks of ``modality_masks``), mean over seeds, and the deep ensemble of the seeds on test.
+masks of ``modality_masks``), mean over seeds, and the deep ensemble of the seeds: on valid the
+mean of the seeds' held-out predictions (the folds are the same for every seed), and on test.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     cv = {s: {p: [] for p in RATES} for s in PROBABILITY_SOURCES}
     test = {s: {p: [] for p in RATES} for s in PROBABILITY_SOURCES}
     test_p = {s: {p: [] for p in RATES} for s in PROBABILITY_SOURCES}
+    cv_p = {s: {p: [] for p in RATES} for s in PROBABILITY_SOURCES}  # each seed's held-out P(positive)
     for f in files:
         model, saved, stats, _, _ = load_for_eval(f, device)
         data, _ = load_and_standardize(saved, stats)
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for s in PROBABILITY_SOURCES:
             for p in RATES:
                 cv[s][p].append(probability_scores(held[s][p][non0_v], valid.labels[non0_v] > 0))
+                cv_p[s][p].append(held[s][p])
                 pt = at_rate(cal, t_ks, t_s, t_l, p, tst.n, np.arange(tst.n), s)
                 test_p[s][p].append(pt)
                 test[s][p].append(probability_scores(pt[non0_t], tst.labels[non0_t] > 0))
@@ -116,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| option | {head} |\n|" + " --- |" * (1 + 3 * len(RATES)))
     for s in PROBABILITY_SOURCES:
         print(row(f"valid, {args.folds}-fold CV by video: {s}", cv[s]))
+    for s in PROBABILITY_SOURCES:
+        y_v = valid.labels[non0_v] > 0
+        ens = {p: [probability_scores(np.mean(cv_p[s][p], axis=0)[non0_v], y_v)] for p in RATES}
+        print(row(f"valid, {args.folds}-fold CV by video, ensemble of {len(files)} seeds: {s}", ens))
     for s in PROBABILITY_SOURCES:
         print(row(f"test: {s}", test[s]))
     for s in PROBABILITY_SOURCES:
