@@ -13,6 +13,8 @@ confidences shows by chance (mean and 90% interval over seeded simulations).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, mean_absolute_error
 
@@ -41,12 +43,22 @@ def ece_score(p_pos: np.ndarray, positive: np.ndarray, n_bins: int = ECE_BINS) -
     return float(np.abs(gap).sum() / len(conf))
 
 
+@functools.lru_cache(maxsize=1)
+def _uniforms(n: int, n_sims: int, seed: int) -> np.ndarray:
+    """``(n_sims, n)`` float32 uniforms of ``seed`` (read-only). Kept for the next call: every mask
+    of a sweep scores the same samples, so their draws are the same (at n = 4,659 the draws are
+    most of a metrics call)."""
+    u = np.random.default_rng(seed).random((n_sims, n), dtype=np.float32)
+    u.flags.writeable = False
+    return u
+
+
 def calibrated_twin(conf: np.ndarray, n_sims: int = TWIN_SIMULATIONS, seed: int = 0) -> np.ndarray:
     """``(n_sims, N)`` bool: the hits of a perfectly calibrated predictor with confidences ``conf (N,)``
     (each prediction correct with probability its confidence), seeded. The uniforms are drawn in
     float32 (the band needs no more precision, and they cost less to draw)."""
     conf = np.asarray(conf, dtype=np.float64)
-    return np.random.default_rng(seed).random((n_sims, len(conf)), dtype=np.float32) < conf.astype(np.float32)
+    return _uniforms(len(conf), n_sims, seed) < conf.astype(np.float32)
 
 
 def ece_twin_band(p_pos: np.ndarray, n_bins: int = ECE_BINS, n_sims: int = TWIN_SIMULATIONS,
