@@ -27,6 +27,7 @@ import torch
 from datasets import SUBSETS, modality_masks, subset_masks
 from datasets.classes import labels_to_classes
 from training.calibration import PROBABILITY_SOURCES, Calibration, fit_probabilities, fit_temperature
+from training.cli import run_reporting_errors
 from training.evaluate import Evaluator, presence_patterns
 from training.metrics import probability_scores
 from training.run import load_and_standardize
@@ -70,12 +71,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--folds", type=int, default=4)
     args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error(f"--folds must be at least 2, got {args.folds}")
     torch.set_num_threads(1)
-    device = torch.device("cpu")
     files = sorted(Path(args.run_dir).glob("seed_*/best.pt"))
     if not files:
         print(f"error: {args.run_dir} holds no seed_*/best.pt", file=sys.stderr)
         return 1
+    return run_reporting_errors(lambda: compare(files, args.folds), "interrupted")[1]
+
+
+def compare(files: list[Path], folds: int) -> None:
+    """Print the table of every option for the checkpoints ``files`` (one per seed)."""
+    device = torch.device("cpu")
     cv = {s: {p: [] for p in RATES} for s in PROBABILITY_SOURCES}
     test = {s: {p: [] for p in RATES} for s in PROBABILITY_SOURCES}
     test_p = {s: {p: [] for p in RATES} for s in PROBABILITY_SOURCES}
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         valid, tst = data.splits["valid"], data.splits["test"]
         v_ks, v_s, v_l = pattern_outputs(model, valid, saved, device)
         videos = np.array([i.split("$_$")[0] for i in valid.ids])
-        groups = np.array_split(np.unique(videos), args.folds)
+        groups = np.array_split(np.unique(videos), folds)
         held = {s: {p: np.zeros(valid.n) for p in RATES} for s in PROBABILITY_SOURCES}
         for g in groups:
             out = np.isin(videos, g)
@@ -118,17 +126,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(files)} seed(s); Brier/NLL of P(positive) on non-0 samples, mean over seeds\n")
     print(f"| option | {head} |\n|" + " --- |" * (1 + 3 * len(RATES)))
     for s in PROBABILITY_SOURCES:
-        print(row(f"valid, {args.folds}-fold CV by video: {s}", cv[s]))
+        print(row(f"valid, {folds}-fold CV by video: {s}", cv[s]))
     for s in PROBABILITY_SOURCES:
         y_v = valid.labels[non0_v] > 0
         ens = {p: [probability_scores(np.mean(cv_p[s][p], axis=0)[non0_v], y_v)] for p in RATES}
-        print(row(f"valid, {args.folds}-fold CV by video, ensemble of {len(files)} seeds: {s}", ens))
+        print(row(f"valid, {folds}-fold CV by video, ensemble of {len(files)} seeds: {s}", ens))
     for s in PROBABILITY_SOURCES:
         print(row(f"test: {s}", test[s]))
     for s in PROBABILITY_SOURCES:
         ens = {p: [probability_scores(np.mean(test_p[s][p], axis=0)[non0_t], y)] for p in RATES}
         print(row(f"test, ensemble of {len(files)} seeds: {s}", ens))
-    return 0
 
 
 if __name__ == "__main__":
