@@ -39,6 +39,30 @@ def test_fuse_many_by_pattern_equals_one_fuse_per_mask(model_name):
             np.testing.assert_allclose(fused.weights, one.weights, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("model_name,encoder", [("attention_robust_v4", "mlp"), ("attention_robust_v4", "lstm"),
+                                                ("attention_robust_v4", "cfc"), ("tfn", "mlp"), ("lf_dnn", "mlp"),
+                                                ("ef_lstm", "mlp")])
+def test_fuse_many_in_length_order_with_chunks_cut_to_their_longest_row_equals_one_fuse_per_mask(
+        model_name, encoder):
+    # unaligned lengths that differ by row: fuse_many takes the rows longest first and cuts each
+    # chunk to its longest row; encode + fuse see every row at the full padded length, in order
+    from bench.shapes import make_shaped
+
+    data = make_shaped({"text": (7, 6), "audio": (11, 4), "vision": (9, 5)}, (16, 16, 600), seed=1)
+    test = data.splits["test"]
+    cfg = Config(model=model_name, encoder=encoder, hidden_dim=16, num_heads=2)
+    torch.manual_seed(0)
+    ev = Evaluator.from_config(create_model(cfg.model, cfg, data.dims), cfg, torch.device("cpu"))
+    shortest = np.sort(test.lengths.max(1))[:test.n - 512]  # the rows of the second chunk
+    assert shortest.max() < 9  # so every modality of that chunk is cut
+    presences = [modality_masks(test.n, p) for p in (0.0, 0.5)] + [subset_masks(test.n, s) for s in ("T", "AV")]
+    states = ev.encode(test)
+    for presence, fused in zip(presences, ev.fuse_many(test, presences)):
+        one = ev.fuse(states, presence)
+        np.testing.assert_allclose(fused.score, one.score, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(fused.logits, one.logits, rtol=0, atol=1e-5)
+
+
 def test_fuse_many_still_refuses_a_row_without_modalities():
     ev, test = _evaluator("attention_robust_v4")
     bad = np.ones((test.n, 3), dtype=bool)

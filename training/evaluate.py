@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import SUBSETS, Split, SplitTensors, frame_keep, modality_masks, rate_key, subset_masks
+from datasets import MODALITIES, SUBSETS, Split, SplitTensors, frame_keep, modality_masks, rate_key, subset_masks
 from datasets.classes import class_centres, positive_probability
 from training.metrics import mean_std, sentiment_metrics
 from training.objectives import LOWER_IS_BETTER, OBJECTIVES
@@ -40,11 +40,23 @@ def _eval_rows(batch_size: int) -> int:
     return max(batch_size, EVAL_BATCH)
 
 
-def _collect(parts: list[tuple[torch.Tensor, ...]]) -> Fused:
-    """One Fused from per-chunk (score, logits, weights) device tensors: one copy to the host each."""
-    score, logits = (torch.cat([p[j] for p in parts]).cpu().numpy() for j in (0, 1))
-    weights = torch.cat([p[2] for p in parts]).cpu().numpy() if parts and parts[0][2] is not None else None
-    return Fused(score, logits, weights)
+def _collect(parts: list[tuple[torch.Tensor, ...]], order: np.ndarray | None = None) -> Fused:
+    """One Fused from per-chunk (score, logits, weights) device tensors: one copy to the host each.
+    ``order``: the split's row of each collected row (the chunks ran in that order); rows come back
+    in the split's order."""
+    out = [None if not parts or parts[0][j] is None else torch.cat([p[j] for p in parts]).cpu().numpy()
+           for j in range(3)]
+    if order is not None:
+        out = [None if a is None else a[np.argsort(order)] for a in out]
+    return Fused(*out)
+
+
+def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray) -> dict[str, torch.Tensor]:
+    """``batch`` with each modality cut (a view) to the longest true length among its rows, given on
+    the host as ``lengths (B, 3)``: the steps cut are padding in every row."""
+    for j, m in enumerate(MODALITIES):
+        batch[m] = batch[m][:, :max(1, int(lengths[:, j].max()))]
+    return batch
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -156,10 +168,13 @@ class Evaluator:
                   keep: dict[str, np.ndarray] | None = None) -> list[Fused]:
         """``[fuse of split under presences[j] (N, 3) bool for each j]``, encoding each chunk of rows once.
 
-        Equal to ``encode`` + one ``fuse`` per mask, but only one chunk's states exist at a time (on
-        the device: no host round trip per mask), and all masks go to the device in one copy. With
-        ``tta`` the chunks are the evaluation batches (``batch_size`` rows), each adapted on.
-        ``raw``: without autocast and test-time adaptation. ``keep``: frame-level erasure
+        Equal to ``encode`` + one ``fuse`` per mask (up to rounding), but only one chunk's states
+        exist at a time (on the device: no host round trip per mask), and all masks go to the device
+        in one copy. The chunks take the rows longest first, each cut to its longest row
+        (``trim_to_longest``), so short rows are not encoded at the length of the longest one; rows
+        are fused independently in eval mode, and come back in the split's order. With ``tta`` the
+        chunks are the evaluation batches (``batch_size`` rows) in the split's order, each adapted
+        on. ``raw``: without autocast and test-time adaptation. ``keep``: frame-level erasure
         (``datasets.frame_keep``), applied batch by batch.
         """
         autocast, tta = (False, None) if raw else (self.autocast, self.tta)
@@ -167,21 +182,25 @@ class Evaluator:
         source = SplitTensors(split, self.device, keep=keep)
         masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences])).to(self.device)  # (K, N, 3)
         codes = np.stack([presence_patterns(p) for p in presences])  # (K, N) pattern of each row under each mask
+        lengths = np.asarray(split.lengths)
+        order = np.arange(split.n) if tta is not None else np.argsort(-lengths.max(1), kind="stable")
         rows = self._rows(tta)
         parts: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in presences]
         for i in range(0, split.n, rows):
-            batch = source.gather(torch.arange(i, min(i + rows, split.n)))
+            idx = order[i:i + rows]
+            batch = trim_to_longest(source.gather(torch.from_numpy(idx)), lengths[idx])
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                 states = self.model.encode(batch)
-            chunk_codes = codes[:, i:i + rows]
+            chunk_codes = codes[:, idx]
             patterns = np.unique(chunk_codes)
             if tta is None and len(patterns) < len(presences) and patterns[0] >= 0:  # (-1: a row with no modality)
                 for j, out in enumerate(self._fuse_by_pattern(states, chunk_codes, patterns, autocast)):
                     parts[j].append(out)
                 continue
+            at = torch.from_numpy(idx).to(self.device)
             for j in range(len(presences)):
-                parts[j].append(self._fuse_chunk(states, masks[j, i:i + rows], autocast, tta, source, i))
-        return [_collect(p) for p in parts]
+                parts[j].append(self._fuse_chunk(states, masks[j, at], autocast, tta, source, i))
+        return [_collect(p, order) for p in parts]
 
     def _fuse_by_pattern(self, states: dict[str, torch.Tensor], codes: np.ndarray, patterns: np.ndarray,
                          autocast: bool) -> list[tuple[torch.Tensor, ...]]:
