@@ -52,10 +52,13 @@ def _collect(parts: list[tuple[torch.Tensor, ...]], order: np.ndarray | None = N
 
 
 def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray) -> dict[str, torch.Tensor]:
-    """``batch`` with each modality cut (a view) to the longest true length among its rows, given on
-    the host as ``lengths (B, 3)``: the steps cut are padding in every row."""
+    """``batch`` with each modality cut to the longest true length among its rows, given on the host
+    as ``lengths (B, 3)``: the steps cut are padding in every row. A cut modality is made contiguous
+    (a copy of what is left, small next to encoding it), as the recurrent kernels want."""
     for j, m in enumerate(MODALITIES):
-        batch[m] = batch[m][:, :max(1, int(lengths[:, j].max()))]
+        keep = max(1, int(lengths[:, j].max()))
+        if keep < batch[m].shape[1]:
+            batch[m] = batch[m][:, :keep].contiguous()
     return batch
 
 
