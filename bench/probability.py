@@ -127,8 +127,8 @@ def compare(files: list[Path], folds: int) -> None:
     print(f"| option | {head} |\n|" + " --- |" * (1 + 3 * len(RATES)))
     for s in PROBABILITY_SOURCES:
         print(row(f"valid, {folds}-fold CV by video: {s}", cv[s]))
+    y_v = valid.labels[non0_v] > 0
     for s in PROBABILITY_SOURCES:
-        y_v = valid.labels[non0_v] > 0
         ens = {p: [probability_scores(np.mean(cv_p[s][p], axis=0)[non0_v], y_v)] for p in RATES}
         print(row(f"valid, {folds}-fold CV by video, ensemble of {len(files)} seeds: {s}", ens))
     for s in PROBABILITY_SOURCES:
