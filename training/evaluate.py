@@ -40,15 +40,13 @@ def _eval_rows(batch_size: int) -> int:
     return max(batch_size, EVAL_BATCH)
 
 
-def _collect(parts: list[tuple[torch.Tensor, ...]], order: np.ndarray | None = None) -> Fused:
+def _collect(parts: list[tuple[torch.Tensor, ...]], back: np.ndarray | None = None) -> Fused:
     """One Fused from per-chunk (score, logits, weights) device tensors: one copy to the host each.
-    ``order``: the split's row of each collected row (the chunks ran in that order); rows come back
-    in the split's order."""
+    ``back``: where each of the split's rows sits among the collected rows (the chunks ran in another
+    order); rows come back in the split's order."""
     out = [None if not parts or parts[0][j] is None else torch.cat([p[j] for p in parts]).cpu().numpy()
            for j in range(3)]
-    if order is not None:
-        out = [None if a is None else a[np.argsort(order)] for a in out]
-    return Fused(*out)
+    return Fused(*(a if a is None or back is None else a[back] for a in out))
 
 
 def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray) -> dict[str, torch.Tensor]:
@@ -203,7 +201,8 @@ class Evaluator:
             at = torch.from_numpy(idx).to(self.device)
             for j in range(len(presences)):
                 parts[j].append(self._fuse_chunk(states, masks[j, at], autocast, tta, source, i))
-        return [_collect(p, order) for p in parts]
+        back = np.argsort(order)  # the inverse permutation, made once for every mask
+        return [_collect(p, back) for p in parts]
 
     def _fuse_by_pattern(self, states: dict[str, torch.Tensor], codes: np.ndarray, patterns: np.ndarray,
                          autocast: bool) -> list[tuple[torch.Tensor, ...]]:
