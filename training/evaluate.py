@@ -15,7 +15,7 @@ from torch import nn
 
 from datasets import MODALITIES, SUBSETS, Split, SplitTensors, frame_keep, modality_masks, rate_key, subset_masks
 from datasets.classes import class_centres, positive_probability
-from training.metrics import mean_std, sentiment_metrics
+from training.metrics import mean_std, sentiment_metrics, sentiment_metrics_many
 from training.objectives import LOWER_IS_BETTER, OBJECTIVES
 
 if TYPE_CHECKING:
@@ -246,11 +246,10 @@ class Evaluator:
         if metric not in OBJECTIVES:
             raise ValueError(f"unknown selection metric {metric!r}; use one of {', '.join(OBJECTIVES)}")
         name, rates = OBJECTIVES[metric]
-        per_rate = {}
         sweep = self.fuse_many(split, [modality_masks(split.n, p) for p in rates], raw=True)
-        for p, fused in zip(rates, sweep):
-            preds, probs = self.predictions(fused, calibrated=False)
-            per_rate[p] = sentiment_metrics(preds, split.labels, probs)
+        preds, probs = zip(*(self.predictions(fused, calibrated=False) for fused in sweep))
+        per_rate = dict(zip(rates, sentiment_metrics_many(
+            np.stack(preds), split.labels, np.stack([positive_probability(q) for q in probs]))))
         value = float(np.mean([m[name] for m in per_rate.values()]))
         return (-value if name in LOWER_IS_BETTER else value), per_rate
 
@@ -261,55 +260,36 @@ class Evaluator:
         metrics}, "arrays": {...}}`` where arrays hold what ``predictions.npz`` stores for this seed.
         """
         out: dict = {"missing_rate": {}, "frame_missing_rate": {}, "subsets": {}}
-        preds_r, probs_r, p_pos_r, masks_r, weights_r = [], [], [], [], []
         full = np.ones((split.n, 3), dtype=bool)
         # one encoder pass for every rate, every subset and frame rate 0 (fuse_many holds one chunk's states)
         presences = ([modality_masks(split.n, p) for p in rates] + [subset_masks(split.n, name) for name in SUBSETS]
                      + [full] * sum(r == 0 for r in frame_rates))
-        fused_all = iter(self.fuse_many(split, presences))
-        done: dict[bytes, tuple] = {}  # a mask met again (rate 0 = subset TAV = frame rate 0): its results
-
-        def run(presence: np.ndarray, keep: dict[str, np.ndarray] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, Fused]:
-            fused = next(fused_all) if keep is None else self.fuse_many(split, [presence], keep=keep)[0]
-            key = np.asarray(presence, dtype=bool).tobytes() if keep is None else None
-            if key in done:
-                preds, probs, p_pos, m = done[key]
-                return preds, probs, p_pos, dict(m), fused
-            preds, probs = self.predictions(fused, presence)
-            p_pos = self.positive_scores(fused, presence)
-            m = sentiment_metrics(preds, split.labels, p_pos=p_pos)
-            if key is not None:
-                done[key] = (preds, probs, p_pos, m)
-            return preds, probs, p_pos, dict(m), fused
-
-        for p, masks in zip(rates, presences):
-            preds, probs, p_pos, m, fused = run(masks)
-            out["missing_rate"][rate_key(p)] = m
-            preds_r.append(preds)
-            probs_r.append(probs)
-            p_pos_r.append(p_pos)
-            masks_r.append(masks)
-            if fused.weights is not None:
-                weights_r.append(fused.weights)
-        subset_preds, subset_p_pos = [], []
+        fused = self.fuse_many(split, presences)
+        preds, probs = zip(*(self.predictions(f, m) for f, m in zip(fused, presences)))
+        p_pos = np.stack([self.positive_scores(f, m) for f, m in zip(fused, presences)])
+        metrics = iter(sentiment_metrics_many(np.stack(preds), split.labels, p_pos))  # every mask's, in one call
+        for p in rates:
+            out["missing_rate"][rate_key(p)] = next(metrics)
         for name in SUBSETS:
-            preds, _, p_pos, m, _ = run(subset_masks(split.n, name))
-            out["subsets"][name] = m
-            subset_preds.append(preds)
-            subset_p_pos.append(p_pos)
-        for r in frame_rates:
-            out["frame_missing_rate"][rate_key(r)] = run(full, None if r == 0 else frame_keep(split, r))[3]
+            out["subsets"][name] = next(metrics)
+        for r in frame_rates:  # a frame rate above 0 changes the features: encoded again
+            if r == 0:
+                out["frame_missing_rate"][rate_key(r)] = next(metrics)
+                continue
+            f = self.fuse_many(split, [full], keep=frame_keep(split, r))[0]
+            out["frame_missing_rate"][rate_key(r)] = sentiment_metrics(
+                self.predictions(f, full)[0], split.labels, p_pos=self.positive_scores(f, full))
+        k, sub = len(rates), slice(len(rates), len(rates) + len(SUBSETS))
         out["arrays"] = {
-            "preds": np.stack(preds_r).astype(np.float32),
-            "probs": np.stack(probs_r).astype(np.float32),
-            "p_pos": np.stack(p_pos_r),
-            "masks": np.stack(masks_r),
-            "subset_preds": np.stack(subset_preds).astype(np.float32),
-            "subset_p_pos": np.stack(subset_p_pos),
+            "preds": np.stack(preds[:k]).astype(np.float32),
+            "probs": np.stack(probs[:k]).astype(np.float32),
+            "p_pos": p_pos[:k],
+            "masks": np.stack(presences[:k]),
+            "subset_preds": np.stack(preds[sub]).astype(np.float32),
+            "subset_p_pos": p_pos[sub],
         }
-        if weights_r:
-            out["arrays"]["fusion_weights"] = np.stack(weights_r).astype(np.float32)
+        if fused[0].weights is not None:
+            out["arrays"]["fusion_weights"] = np.stack([f.weights for f in fused[:k]]).astype(np.float32)
         return out
 
 
@@ -318,10 +298,8 @@ def ensemble(per_seed: list[dict], labels: np.ndarray) -> dict:
     seeds' (calibrated) ones, scored per missing rate and subset, plus ``mean_over_rates``."""
     out: dict = {"missing_rate": {}, "subsets": {}}
     for section, preds, p_pos in (("missing_rate", "preds", "p_pos"), ("subsets", "subset_preds", "subset_p_pos")):
-        for i, key in enumerate(per_seed[0][section]):
-            out[section][key] = sentiment_metrics(
-                np.mean([r["arrays"][preds][i] for r in per_seed], axis=0), labels,
-                p_pos=np.mean([r["arrays"][p_pos][i] for r in per_seed], axis=0))
+        mean = [np.mean([r["arrays"][a] for r in per_seed], axis=0) for a in (preds, p_pos)]  # (K, N) each
+        out[section] = dict(zip(per_seed[0][section], sentiment_metrics_many(mean[0], labels, mean[1])))
     out["mean_over_rates"] = {"missing_rate": mean_std(list(out["missing_rate"].values()))[0]}
     return out
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, log_loss, mean_absolute_error
+from sklearn.metrics import mean_absolute_error, mean_squared_error, multilabel_confusion_matrix
 
 from datasets.classes import positive_probability
 
 METRIC_NAMES = ("acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece", "acc5",
                 "brier", "nll", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi")
+PROBABILITY_NAMES = ("brier", "nll", "ece", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi")  # of P(positive)
 COUNT_NAMES = ("n", "n_non0")  # samples a result was computed on (all, label != 0); no spread over seeds
 ECE_BINS = 10
 TWIN_SIMULATIONS = 1000
@@ -81,15 +82,81 @@ def ece_twin_band(p_pos: np.ndarray, n_bins: int = ECE_BINS, n_sims: int = TWIN_
 
 def probability_scores(p_pos: np.ndarray, positive: np.ndarray) -> dict[str, float]:
     """Brier, NLL, ECE and ECE's calibrated-twin band of ``p_pos (N,)`` against ``positive (N,)``."""
-    p_pos = np.clip(np.asarray(p_pos, dtype=np.float64), 0.0, 1.0)
-    positive = np.asarray(positive, dtype=bool)
-    if len(p_pos) == 0:
+    p_pos = np.clip(np.asarray(p_pos, dtype=np.float64).reshape(1, -1), 0.0, 1.0)
+    if p_pos.size == 0:
         raise ValueError("no non-0 samples to score probabilities on")
-    twin = ece_twin_band(p_pos)
-    return {"brier": float(brier_score_loss(positive, p_pos, pos_label=True)),
-            "nll": float(log_loss(positive, p_pos, labels=[False, True])),
-            "ece": ece_score(p_pos, positive),
-            "ece_twin_mean": twin[0], "ece_twin_lo": twin[1], "ece_twin_hi": twin[2]}
+    return {k: float(v[0]) for k, v in _proper_scores(p_pos, np.asarray(positive, dtype=bool)).items()}
+
+
+def _binary_scores(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(accuracy (K,), weighted F1 (K,)) of bool predictions ``pred (N, K)`` against ``truth (N, K)``,
+    column by column, from scikit-learn's per-column confusion matrices (one call for all K):
+    accuracy = (TN + TP) / N; weighted F1 = the two classes' F1 = 2TP / (2TP + FP + FN), weighted by
+    their true counts (a class absent from the truth weighs 0)."""
+    (tn, fp), (fn, tp) = multilabel_confusion_matrix(truth, pred).transpose(1, 2, 0).astype(np.float64)
+    n = len(truth)
+    f1_pos = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=tp + fp + fn > 0)
+    f1_neg = np.divide(2 * tn, 2 * tn + fn + fp, out=np.zeros_like(tn), where=tn + fp + fn > 0)
+    return (tn + tp) / n, (f1_pos * (tp + fn) + f1_neg * (tn + fp)) / n
+
+
+def _rounded_accuracy(labels: np.ndarray, preds: np.ndarray, bound: float) -> np.ndarray:
+    """Acc-7 (``bound`` 3) or Acc-5 (2) of ``preds (K, N)``: rounded after clipping to [-bound, bound]."""
+    return (np.round(np.clip(preds, -bound, bound)) == np.round(np.clip(labels, -bound, bound))).mean(1)
+
+
+def _correlation(preds: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``preds (K, N)`` with ``labels (N,)`` (0 for a constant row)."""
+    pc = preds - preds.mean(1, keepdims=True)
+    lc = labels - labels.mean()
+    norm = np.sqrt((pc * pc).sum(1) * (lc * lc).sum())
+    r = np.divide(pc @ lc, norm, out=np.zeros(len(preds)), where=norm > 0)
+    # a constant prediction has no correlation; report 0 rather than NaN (JSON has no NaN)
+    return np.where((preds.std(1) > 0) & (labels.std() > 0), np.clip(r, -1.0, 1.0), 0.0)
+
+
+def _proper_scores(p_pos: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+    """Brier, NLL, ECE and the twin band (``PROBABILITY_NAMES``) of each row of ``p_pos (K, M)`` against
+    ``positive (M,)``. Brier is the mean squared error of P(positive) (scikit-learn, all rows in one
+    call); NLL is scikit-learn's ``log_loss`` (probabilities clipped to [eps, 1 - eps] of float64),
+    computed for all rows at once."""
+    brier = mean_squared_error(np.broadcast_to(positive[:, None], p_pos.T.shape), p_pos.T, multioutput="raw_values")
+    eps = np.finfo(np.float64).eps
+    nll = -np.log(np.clip(np.where(positive, p_pos, 1.0 - p_pos), eps, 1 - eps)).mean(1)
+    ece = [(ece_score(p, positive), *ece_twin_band(p)) for p in p_pos]
+    return {"brier": brier, "nll": nll, **dict(zip(PROBABILITY_NAMES[2:], np.array(ece).T))}
+
+
+def sentiment_metrics_many(preds: np.ndarray, labels: np.ndarray, p_pos: np.ndarray | None = None) -> list[dict]:
+    """``[sentiment_metrics(preds[k], labels, p_pos=p_pos[k]) for k]`` for ``preds (K, N)`` and
+    ``p_pos (K, N)`` (or none), computed for all K rows at once: a sweep scores 15 predictions of
+    the same labels, and one scikit-learn call per metric instead of one per prediction is what
+    keeps its metrics cheap next to the model (per call, scikit-learn's input checks cost more than
+    the metric at these sizes)."""
+    preds = np.atleast_2d(np.asarray(preds, dtype=np.float64))
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    if preds.shape[1:] != labels.shape:
+        raise ValueError(f"preds {preds.shape[1:]} and labels {labels.shape} differ in shape")
+    if not np.isfinite(preds).all():
+        raise ValueError("predictions contain NaN or Inf")
+    non0 = labels != 0
+    if not non0.any():
+        raise ValueError("every label is 0: the non-0 metrics (Acc-2, F1, Brier, NLL) are undefined")
+    acc_has0, f1_has0 = _binary_scores(np.broadcast_to((labels >= 0)[:, None], preds.T.shape), preds.T >= 0)
+    acc_non0, f1_non0 = _binary_scores(np.broadcast_to((labels[non0] > 0)[:, None], (non0.sum(), len(preds))),
+                                       preds.T[non0] > 0)
+    out = {"acc2_has0": acc_has0, "f1_has0": f1_has0, "acc2_non0": acc_non0, "f1_non0": f1_non0,
+           "mae": mean_absolute_error(np.broadcast_to(labels[:, None], preds.T.shape), preds.T,
+                                      multioutput="raw_values"),
+           "corr": _correlation(preds, labels),
+           "acc7": _rounded_accuracy(labels, preds, 3), "acc5": _rounded_accuracy(labels, preds, 2)}
+    if p_pos is not None:
+        p = np.clip(np.atleast_2d(np.asarray(p_pos, dtype=np.float64)), 0.0, 1.0)
+        if p.shape != preds.shape:
+            raise ValueError(f"p_pos {p.shape} and preds {preds.shape} differ in shape")
+        out.update(_proper_scores(p[:, non0], labels[non0] > 0))
+    counts = {"n": int(len(labels)), "n_non0": int(non0.sum())}
+    return [{**{k: float(out[k][i]) if k in out else 0.0 for k in METRIC_NAMES}, **counts} for i in range(len(preds))]
 
 
 def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray | None = None,
@@ -98,34 +165,12 @@ def sentiment_metrics(preds: np.ndarray, labels: np.ndarray, probs: np.ndarray |
     ``labels (N,)``.
 
     The probability scores (Brier, NLL, ECE and its band) use ``p_pos (N,)`` = P(positive), or the
-    class probabilities ``probs (N, C)`` when it is not given (all 0.0 when neither is, or no
-    label is non-0).
+    class probabilities ``probs (N, C)`` when it is not given (all 0.0 when neither is).
     """
     preds = np.asarray(preds, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    if preds.shape != labels.shape:
-        raise ValueError(f"preds {preds.shape} and labels {labels.shape} differ in shape")
-    if not np.isfinite(preds).all():
-        raise ValueError("predictions contain NaN or Inf")
-    non0 = labels != 0
-    out = {
-        "acc2_has0": accuracy_score(labels >= 0, preds >= 0),
-        "f1_has0": f1_score(labels >= 0, preds >= 0, average="weighted"),
-        "acc2_non0": accuracy_score(labels[non0] > 0, preds[non0] > 0),
-        "f1_non0": f1_score(labels[non0] > 0, preds[non0] > 0, average="weighted"),
-        "mae": mean_absolute_error(labels, preds),
-        # A constant prediction has no correlation; report 0 rather than NaN (JSON has no NaN).
-        "corr": float(np.corrcoef(preds, labels)[0, 1]) if preds.std() > 0 and labels.std() > 0 else 0.0,
-        "acc7": accuracy_score(np.round(np.clip(labels, -3, 3)), np.round(np.clip(preds, -3, 3))),
-        "acc5": accuracy_score(np.round(np.clip(labels, -2, 2)), np.round(np.clip(preds, -2, 2))),
-    }
     if p_pos is None and probs is not None:
         p_pos = positive_probability(probs)
-    if p_pos is not None and non0.any():
-        out.update(probability_scores(np.asarray(p_pos).reshape(-1)[non0], labels[non0] > 0))
-    else:
-        out.update({k: 0.0 for k in METRIC_NAMES if k not in out})
-    return {**{k: float(out[k]) for k in METRIC_NAMES}, "n": int(len(labels)), "n_non0": int(non0.sum())}
+    return sentiment_metrics_many(preds[None], labels, None if p_pos is None else np.asarray(p_pos).reshape(1, -1))[0]
 
 
 def mean_std(per_seed: list[dict]) -> tuple[dict, dict]:
