@@ -56,13 +56,14 @@ class ProxyCrossModalAttention(nn.Module):
                 token_masks: list[Tensor | None]) -> tuple[Tensor, Tensor]:
         B, H = proxy.shape
         nh, hd = self.num_heads, H // self.num_heads
-        q = self.q_proj(proxy).view(B, 1, nh, hd)
+        # the query as a block-diagonal (B, H, nh): column h holds head h's query in head h's channels
+        q = (self.q_proj(proxy) / math.sqrt(hd)).unsqueeze(-1) * self.head_channels.t().to(proxy.dtype)
         used = [i for i, k in enumerate(keys) if k is not None]  # None: missing from every row, skipped
         # keys and values are read in their stored (B, L_m, H) layout, never transposed or copied:
-        # scores per head as a product-sum over each head's channels
+        # every head's scores in one batched product (B, L_m, H) @ (B, H, nh)
         scores = []
         for i in used:
-            s = (keys[i].view(B, -1, nh, hd) * q).sum(-1).transpose(1, 2) / math.sqrt(hd)  # (B, nh, L_m)
+            s = torch.bmm(keys[i], q.to(keys[i].dtype)).transpose(1, 2)  # (B, nh, L_m)
             scores.append(s.masked_fill(~token_masks[i][:, None, :], float("-inf")))
         sizes = [s.shape[-1] for s in scores]
         attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, L)

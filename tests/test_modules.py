@@ -207,6 +207,35 @@ def test_proxy_attention_masks_missing_and_padding() -> None:
     assert torch.equal(out, out2) and torch.equal(mass, mass2)
 
 
+def test_proxy_attention_equals_multi_head_scaled_dot_product_attention() -> None:
+    """The refined proxy and the mass against torch's attention over the concatenated tokens."""
+    torch.manual_seed(0)
+    nh = 4
+    attn = ProxyCrossModalAttention(H, num_heads=nh).eval()
+    B, lengths = 5, (6, 11, 3)
+    tokens = [torch.randn(B, L, H) for L in lengths]
+    masks = [torch.rand(B, L) > 0.4 for L in lengths]
+    masks[0][:, 0] = True
+    proxy = torch.randn(B, H)
+    kv = [attn.project(m, t) for m, t in enumerate(tokens)]
+    out, mass = attn(proxy, [k for k, _ in kv], [v for _, v in kv], masks)
+
+    def heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, H) -> (B, nh, L, H / nh)
+        return x.view(B, x.shape[1], nh, H // nh).transpose(1, 2)
+
+    k = torch.cat([attn.k_proj(t + attn.type_embed[m]) for m, t in enumerate(tokens)], dim=1)
+    v = torch.cat([attn.v_proj(t) for t in tokens], dim=1)
+    valid = torch.cat(masks, dim=1)[:, None, None, :]  # (B, 1, 1, L), True = attend
+    q = heads(attn.q_proj(proxy)[:, None])
+    ctx = F.scaled_dot_product_attention(q, heads(k), heads(v), attn_mask=valid)  # (B, nh, 1, H / nh)
+    p = attn.norm1(proxy + attn.out_proj(ctx.transpose(1, 2).reshape(B, H)))
+    torch.testing.assert_close(out, attn.norm2(p + attn.ffn(p)), rtol=0, atol=1e-5)
+    weights = torch.softmax((q @ heads(k).transpose(-1, -2) / (H // nh) ** 0.5).masked_fill(~valid, float("-inf")), -1)
+    per_step = weights.mean(1).squeeze(1)  # (B, L) head-averaged
+    expected = torch.stack([c.sum(-1) for c in per_step.split(lengths, dim=-1)], dim=-1)
+    torch.testing.assert_close(mass, expected, rtol=0, atol=1e-6)
+
+
 def test_proxy_attention_skips_a_modality_given_as_none_as_if_all_its_keys_were_masked() -> None:
     torch.manual_seed(0)
     attn = ProxyCrossModalAttention(H, num_heads=4).eval()
