@@ -11,7 +11,8 @@ at two shapes, each on its own generated test split:
 plain: one evaluation pass, ``fuse_many`` with one mask (every modality present; it encodes and
 fuses chunk by chunk) + ``sentiment_metrics``.
 sweep: ``Evaluator.sweep`` with the 8 default rates and no frame-level rates: one encode, then
-the fusion for 15 masks (8 rates + 7 subsets) and 15 sets of metrics. Because ``encode`` never
+the fusion for 15 masks (8 rates + 7 subsets) and their metrics (all 15 in one batched call,
+``sentiment_metrics_many``, with P(positive), Brier, NLL and the ECE band). Because ``encode`` never
 reads presence, the sweep re-uses the encoded states; and because the 15 masks hold only 7
 presence patterns, each chunk is fused once per pattern (7 passes, each skipping the proxy
 attention's work for the modalities its pattern lacks) and every mask takes its rows from those.
