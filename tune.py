@@ -47,14 +47,15 @@ from datasets import rate_key
 from training.atomic import write_json
 from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
 from training.metrics import METRIC_NAMES
-from training.objectives import LOWER_IS_BETTER, OBJECTIVES, ROBUST_RATES
+from training.objectives import LOWER_IS_BETTER, NOT_OBJECTIVES, OBJECTIVES, ROBUST_RATES
 from training.run import load_and_standardize, run_experiment
 
 log = logging.getLogger("tune")
 
 OBJECTIVE_HELP = (f"what a trial maximises or minimises, on valid: {', '.join(OBJECTIVES)} "
-                  f"(*_robust and mae/ece/corr/acc7: mean over missing rates {', '.join(map(str, ROBUST_RATES))}; "
-                  f"*_full: p = 0) or METRIC@P for one rate (METRIC in {', '.join(METRIC_NAMES)}); "
+                  f"(*_full: p = 0; the others: mean over missing rates {', '.join(map(str, ROBUST_RATES))}) "
+                  "or METRIC@P for one rate (METRIC in "
+                  f"{', '.join(m for m in METRIC_NAMES if m not in NOT_OBJECTIVES)}); "
                   "several names make a multi-objective study")
 # NOT_SEARCHABLE, FEATURE_PARAMS and RUN_FIELDS come from the Config fields' metadata (training/config.py).
 
@@ -123,7 +124,7 @@ def build_tune_parser() -> argparse.ArgumentParser:
                         "replacing the default space")
     g.add_argument("--objective", nargs="+", default=["f1_robust"], metavar="NAME", help=OBJECTIVE_HELP)
     g.add_argument("--directions", nargs="+", default=None, choices=["maximize", "minimize"],
-                   help="one per objective (default: maximize, minimize for mae and ece)")
+                   help=f"one per objective (default: maximize, minimize for {', '.join(sorted(LOWER_IS_BETTER))})")
     g.add_argument("--sampler_seed", type=int, default=None,
                    help="seed of the TPE sampler, combined with the number of trials already in the study "
                         "(default: random; give each worker of a shared study its own)")
@@ -197,9 +198,10 @@ def objective_spec(name: str) -> tuple[str, tuple[float, ...], str]:
             rates = (float(p),)
         except ValueError:
             rates = (-1.0,)
-        if metric not in METRIC_NAMES or not 0.0 <= rates[0] < 1.0:
+        scores = [m for m in METRIC_NAMES if m not in NOT_OBJECTIVES]
+        if metric not in scores or not 0.0 <= rates[0] < 1.0:
             raise TuneError(f"unknown objective {name!r}; use one of {', '.join(OBJECTIVES)} or METRIC@P with "
-                            f"METRIC in {', '.join(METRIC_NAMES)} and 0 <= P < 1")
+                            f"METRIC in {', '.join(scores)} and 0 <= P < 1")
     return metric, rates, "minimize" if metric in LOWER_IS_BETTER else "maximize"
 
 

@@ -79,6 +79,17 @@ def test_explicit_flags_are_fixed_and_leave_the_space():
     assert cfg.output_dir == "/tmp/o/trials/trial_5" and cfg.quiet
 
 
+def test_objectives_minimise_what_is_lower_is_better_and_refuse_the_ece_band():
+    for name in ("mae", "ece", "brier", "nll", "brier@0.3", "nll@0.0", "ece@0.5"):
+        assert tune.objective_spec(name)[2] == "minimize", name
+    for name in ("f1_robust", "acc2_full", "corr", "acc7@0.7", "f1_non0@0.5"):
+        assert tune.objective_spec(name)[2] == "maximize", name
+    assert tune.objective_spec("nll") == ("nll", (0.0, 0.3, 0.5, 0.7), "minimize")
+    for name in ("ece_twin_hi@0.3", "nll@1.0", "f2"):
+        with pytest.raises(tune.TuneError, match=f"unknown objective {name!r}"):
+            tune.objective_spec(name)
+
+
 def test_search_space_file_is_checked(tmp_path):
     ns, base, fixed = tune.parse_args(["--hidden_dim", "16"])
     good = tmp_path / "space.yaml"

@@ -241,8 +241,8 @@ class Evaluator:
         return self.calibration.positive_probability(fused.score, fused.logits, presence)
 
     def validation_score(self, split: Split, metric: str) -> tuple[float, dict]:
-        """The objective ``metric`` (a name of ``OBJECTIVES``) on ``split`` (valid), higher is better (MAE
-        and ECE negated), and the metrics per rate; raw outputs (no calibration, autocast or tta)."""
+        """The objective ``metric`` (a name of ``OBJECTIVES``) on ``split`` (valid), higher is better (those of
+        ``LOWER_IS_BETTER`` negated), and the metrics per rate; raw outputs (no calibration, autocast or tta)."""
         if metric not in OBJECTIVES:
             raise ValueError(f"unknown selection metric {metric!r}; use one of {', '.join(OBJECTIVES)}")
         name, rates = OBJECTIVES[metric]

@@ -12,5 +12,7 @@ OBJECTIVES: dict[str, tuple[str, tuple[float, ...]]] = {
     "acc2_robust": ("acc2_non0", ROBUST_RATES), "acc2_full": ("acc2_non0", (0.0,)),
     "mae": ("mae", ROBUST_RATES), "ece": ("ece", ROBUST_RATES),
     "corr": ("corr", ROBUST_RATES), "acc7": ("acc7", ROBUST_RATES),
+    "brier": ("brier", ROBUST_RATES), "nll": ("nll", ROBUST_RATES),
 }
-LOWER_IS_BETTER = frozenset({"mae", "ece"})  # metrics an objective minimises
+LOWER_IS_BETTER = frozenset({"mae", "ece", "brier", "nll"})  # metrics an objective minimises
+NOT_OBJECTIVES = frozenset({"ece_twin_mean", "ece_twin_lo", "ece_twin_hi"})  # ECE's reference band, not a score
