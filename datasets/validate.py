@@ -169,7 +169,8 @@ def clean_nonfinite(data: MultimodalData, nan_policy: str = "error") -> None:
 
 
 def check_data(data: MultimodalData, label_key: str = "labels") -> None:
-    """Splits present and non-empty, same feature dims in every split, labels finite and in [-3, 3]."""
+    """Splits present and non-empty, same feature dims in every split, labels finite and in [-3, 3],
+    and some non-0 label in valid and test (Acc-2, F1, Brier and NLL are scored on those)."""
     for s in SPLITS:
         if s not in data.splits:
             raise DataError(f"{data.source}: missing split '{s}' (found {sorted(data.splits)})")
@@ -187,3 +188,6 @@ def check_data(data: MultimodalData, label_key: str = "labels") -> None:
             raise DataError(f"{_where(data.source, s, label_key)}: {int(bad.sum())} labels outside [-3, 3] "
                             f"(e.g. row {i}: {y[i]})")
         np.clip(y, -3.0, 3.0, out=y)
+        if s != "train" and not y.any():
+            raise DataError(f"{_where(data.source, s, label_key)}: every label is 0, so the non-0 metrics "
+                            "(Acc-2, F1, Brier, NLL) are undefined; check that the file holds sentiment scores")

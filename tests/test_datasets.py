@@ -402,6 +402,15 @@ def test_empty_split(tmp_path):
     expect_error(tmp_path, obj, "'valid'", "empty split")
 
 
+def test_a_scored_split_with_only_0_labels_is_refused(tmp_path):
+    obj = small_obj()
+    obj["test"]["regression_labels"][:] = 0.0
+    expect_error(tmp_path, obj, "'test'", "'regression_labels'", "every label is 0")
+    obj = small_obj()
+    obj["train"]["regression_labels"][:] = 0.0  # training on it is pointless but defined
+    load_data(data_path=str(write(tmp_path, obj)))
+
+
 def test_labels_out_of_range(tmp_path):
     obj = small_obj()
     obj["train"]["regression_labels"][2] = 4.5
