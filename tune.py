@@ -52,10 +52,10 @@ from training.run import load_and_standardize, run_experiment
 
 log = logging.getLogger("tune")
 
+SCORE_NAMES = [m for m in METRIC_NAMES if m not in NOT_OBJECTIVES]  # the metrics METRIC@P accepts
 OBJECTIVE_HELP = (f"what a trial maximises or minimises, on valid: {', '.join(OBJECTIVES)} "
                   f"(*_full: p = 0; the others: mean over missing rates {', '.join(map(str, ROBUST_RATES))}) "
-                  "or METRIC@P for one rate (METRIC in "
-                  f"{', '.join(m for m in METRIC_NAMES if m not in NOT_OBJECTIVES)}); "
+                  f"or METRIC@P for one rate (METRIC in {', '.join(SCORE_NAMES)}); "
                   "several names make a multi-objective study")
 # NOT_SEARCHABLE, FEATURE_PARAMS and RUN_FIELDS come from the Config fields' metadata (training/config.py).
 
@@ -198,10 +198,9 @@ def objective_spec(name: str) -> tuple[str, tuple[float, ...], str]:
             rates = (float(p),)
         except ValueError:
             rates = (-1.0,)
-        scores = [m for m in METRIC_NAMES if m not in NOT_OBJECTIVES]
-        if metric not in scores or not 0.0 <= rates[0] < 1.0:
+        if metric not in SCORE_NAMES or not 0.0 <= rates[0] < 1.0:
             raise TuneError(f"unknown objective {name!r}; use one of {', '.join(OBJECTIVES)} or METRIC@P with "
-                            f"METRIC in {', '.join(scores)} and 0 <= P < 1")
+                            f"METRIC in {', '.join(SCORE_NAMES)} and 0 <= P < 1")
     return metric, rates, "minimize" if metric in LOWER_IS_BETTER else "maximize"
 
 
