@@ -4,10 +4,11 @@ Data: generated in memory at the MMSA unaligned shapes (``bench/shapes.py``): MO
 audio (N, 375, 5), vision (N, 500, 20); MOSEI text (N, 50, 768), audio (N, 500, 74), vision
 (N, 500, 35); a small N on the CPU. Each model trains through the real ``Trainer.train_epoch``
 (batch 32, default config; bf16 autocast on CUDA): the default AttentionRobustV4 (mlp encoder),
-``--encoder lstm`` and the baselines tfn, lf_dnn, ef_lstm, and on CUDA the default model and
-``--encoder lstm`` with ``--compile reduce-overhead``. Epochs of all models alternate and are
-compared by their medians; every figure is also given as a ratio against the default model
-measured beside it.
+``--encoder lstm``, the baselines tfn, lf_dnn, ef_lstm, the default model and ``--encoder lstm``
+with ``--length_buckets`` (the generated true lengths are uniform in [L/5, L], independent per
+modality), and on CUDA the default model and ``--encoder lstm`` with ``--compile reduce-overhead``.
+Epochs of all models alternate and are compared by their medians; every figure is also given as a
+ratio against the default model measured beside it.
 
 Op count: one epoch under ``torch.profiler``, per training step: ``aten::`` ops dispatched, host
 syncs outside the optimizer (``aten::_local_scalar_dense``: ``.item()``/``float()``/``bool()`` of a
@@ -36,6 +37,9 @@ MODELS: dict[str, dict] = {
     "tfn": {"model": "tfn"},
     "lf_dnn": {"model": "lf_dnn"},
     "ef_lstm": {"model": "ef_lstm"},
+    # --length_buckets: batches of similar length, each cut to its longest row (not with --compile)
+    "default+buckets": {"length_buckets": True},
+    "lstm+buckets": {"encoder": "lstm", "length_buckets": True},
 }
 # on CUDA also the default model and --encoder lstm with the training forward compiled and replayed
 # as CUDA graphs (``--compile reduce-overhead``; the first epoch, the warm-up, pays the compilation)

@@ -108,6 +108,39 @@ def batch_slices(n: int, batch_size: int, drop_last: bool) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, stop, batch_size)]
 
 
+def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray) -> dict[str, torch.Tensor]:
+    """``batch`` with each modality cut to the longest true length among its rows, given on the host
+    as ``lengths (B, 3)``: the steps cut are padding in every row. A cut modality is made contiguous
+    (a copy of what is left, small next to encoding it), as the recurrent kernels want."""
+    for j, m in enumerate(MODALITIES):
+        keep = max(1, int(lengths[:, j].max()))
+        if keep < batch[m].shape[1]:
+            batch[m] = batch[m][:, :keep].contiguous()
+    return batch
+
+
+BUCKET_WINDOW = 64  # batches whose rows are sorted by length together (``length_bucketed``)
+
+
+def length_bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, generator: torch.Generator
+                    ) -> np.ndarray:
+    """An epoch's row ``order (n,)`` rearranged so that each batch holds rows of similar length.
+
+    The shuffled order is cut into windows of ``BUCKET_WINDOW`` batches; each window is sorted by the
+    rows' longest modality (``lengths (N, 3)``); the full batches so formed are shuffled with
+    ``generator``, and the last ``n % batch_size`` rows stay last (``batch_slices`` cuts the same
+    slices as before). Every row appears once; which rows share a batch still varies per epoch.
+    """
+    key = np.asarray(lengths).max(1)[order]
+    window = BUCKET_WINDOW * batch_size
+    sorted_order = np.concatenate([order[i:i + window][np.argsort(key[i:i + window], kind="stable")]
+                                   for i in range(0, len(order), window)]) if len(order) else order
+    n_full = len(order) // batch_size
+    shuffle = torch.randperm(n_full, generator=generator).numpy()
+    full = sorted_order[:n_full * batch_size].reshape(n_full, batch_size)[shuffle].reshape(-1)
+    return np.concatenate([full, sorted_order[n_full * batch_size:]])
+
+
 class SplitTensors:
     """A Split's arrays as tensors for gathering batches on ``device``.
 

@@ -18,6 +18,7 @@ from datasets import (
     DataError,
     MultimodalTensorDataset,
     Standardizer,
+    length_bucketed,
     load_data,
     make_loader,
     make_synthetic,
@@ -555,3 +556,27 @@ def test_cli_bad_file(tmp_path):
     assert res.stderr.strip().count("\n") == 0 and "bad.pkl" in res.stderr
     res = run_cli(str(tmp_path / "absent.pkl"))
     assert res.returncode != 0 and "Traceback" not in res.stderr and "no such file" in res.stderr
+
+
+def _spread(order: np.ndarray, key: np.ndarray, batch_size: int) -> float:
+    """Mean over the full batches of (longest - shortest key) within a batch."""
+    n = len(order) // batch_size * batch_size
+    k = key[order[:n]].reshape(-1, batch_size)
+    return float((k.max(1) - k.min(1)).mean())
+
+
+def test_length_bucketed_batches_hold_similar_lengths_and_every_row_once():
+    rng = np.random.default_rng(0)
+    n, bs = 5000, 32  # more rows than one window (64 batches), and a last partial batch of 8
+    lengths = rng.integers(1, 501, size=(n, 3))
+    order = rng.permutation(n)
+    out = length_bucketed(order, lengths, bs, torch.Generator().manual_seed(1))
+    assert sorted(out.tolist()) == list(range(n))
+    key = lengths.max(1)
+    assert _spread(out, key, bs) < 0.1 * _spread(order, key, bs)
+    window = 64 * bs  # the last partial batch holds rows of the last window
+    assert set(out[-(n % bs):]) <= set(order[n // window * window:])
+    again = length_bucketed(order, lengths, bs, torch.Generator().manual_seed(1))
+    other = length_bucketed(order, lengths, bs, torch.Generator().manual_seed(2))
+    assert np.array_equal(out, again) and not np.array_equal(out, other)
+    assert sorted(other.tolist()) == list(range(n))

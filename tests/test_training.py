@@ -738,6 +738,40 @@ def test_compile_is_refused_where_it_was_not_made_to_work(tiny, tmp_path, capsys
     assert "leave --compile out" in err and "Traceback" not in err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_length_buckets_cut_every_training_batch_to_its_longest_row_and_still_learn(tmp_path, monkeypatch,
+                                                                                    encoder):
+    from datasets import MODALITIES, make_synthetic
+    from training.config import Config
+    from training.errors import ConfigError
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=100, n_valid=16, n_test=16, seq_len=40, dims=(12, 5, 8))
+    cfg = Config(length_buckets=True, encoder=encoder, hidden_dim=16, num_heads=2, batch_size=16, epochs=10,
+                 train_missing_rate=0.0, lr=3e-3)
+    trainer = Trainer(cfg, data, 7, tmp_path, progress=False)
+    seen, longest = [], []
+    forward = trainer.model.forward
+
+    def spy(batch):
+        lengths = batch["lengths"].numpy()
+        for j, m in enumerate(MODALITIES):  # cut to the longest row: no step is padding in every row
+            assert batch[m].shape[1] == lengths[:, j].max(), m
+        seen.append(batch["index"].numpy())
+        longest.append(lengths.max())
+        return forward(batch)
+
+    monkeypatch.setattr(trainer.model, "forward", spy)
+    losses = [trainer.train_epoch()["loss/total"]]
+    assert sorted(np.concatenate(seen).tolist()) == list(range(100))  # every row once per epoch
+    assert min(longest) < 0.7 * data.splits["train"].features("text").shape[1]  # short batches exist
+    monkeypatch.setattr(trainer.model, "forward", forward)
+    losses += [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs - 1)]
+    assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.92 * losses[0], losses
+    with pytest.raises(ConfigError, match="--length_buckets gives batches of varying length"):
+        Config(length_buckets=True, compile="default").validate()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["mlp", "lstm"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])

@@ -13,7 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from datasets import MODALITIES, SUBSETS, Split, SplitTensors, frame_keep, modality_masks, rate_key, subset_masks
+from datasets import (
+    SUBSETS,
+    Split,
+    SplitTensors,
+    frame_keep,
+    modality_masks,
+    rate_key,
+    subset_masks,
+    trim_to_longest,
+)
 from datasets.classes import class_centres, positive_probability
 from training.metrics import mean_std, sentiment_metrics, sentiment_metrics_many
 from training.objectives import LOWER_IS_BETTER, OBJECTIVES
@@ -47,17 +56,6 @@ def _collect(parts: list[tuple[torch.Tensor, ...]], back: np.ndarray | None = No
     out = [None if not parts or parts[0][j] is None else torch.cat([p[j] for p in parts]).cpu().numpy()
            for j in range(3)]
     return Fused(*(a if a is None or back is None else a[back] for a in out))
-
-
-def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray) -> dict[str, torch.Tensor]:
-    """``batch`` with each modality cut to the longest true length among its rows, given on the host
-    as ``lengths (B, 3)``: the steps cut are padding in every row. A cut modality is made contiguous
-    (a copy of what is left, small next to encoding it), as the recurrent kernels want."""
-    for j, m in enumerate(MODALITIES):
-        keep = max(1, int(lengths[:, j].max()))
-        if keep < batch[m].shape[1]:
-            batch[m] = batch[m][:, :keep].contiguous()
-    return batch
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

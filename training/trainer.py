@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from datasets import MODALITIES, MultimodalData, SplitTensors, apply_presence, rate_key, sample_presence
-from datasets.batching import batch_slices, epoch_order
+from datasets.batching import batch_slices, epoch_order, length_bucketed, trim_to_longest
 from modules.losses import distillation_loss, kl_warmup, task_loss
 from modules.presence import check_presence
 from modules.registry import available_models, create_model
@@ -275,7 +275,11 @@ class Trainer:
         slices = batch_slices(train.n, cfg.batch_size, drop_last=train.n % cfg.batch_size == 1)  # no batch of one
         for _ in range(2):  # the two global-RNG draws the DataLoader this replaces made per epoch: same runs per seed
             torch.empty((), dtype=torch.int64).random_()
-        order = epoch_order(train.n, self.loader_gen).to(dev, non_blocking=True)
+        order = epoch_order(train.n, self.loader_gen)
+        lengths = np.asarray(train.lengths) if cfg.length_buckets else None
+        if lengths is not None:
+            order = torch.from_numpy(length_bucketed(order.numpy(), lengths, cfg.batch_size, self.loader_gen))
+        order_host, order = order.numpy(), order.to(dev, non_blocking=True)
         drops = self._epoch_presence([s.stop - s.start for s in slices]).to(dev, non_blocking=True)
         sums: dict[str, torch.Tensor] = {}
         diag_sums: dict[str, torch.Tensor] = {}
@@ -289,6 +293,8 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True)
         for sl in bar:
             full = source.gather(order[sl])
+            if lengths is not None:  # similar lengths: cut the padding every row of the batch has
+                full = trim_to_longest(full, lengths[order_host[sl]])
             batch = apply_presence(full, full["presence"] & drops[sl])
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = self._forward(batch)
