@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-BENCHMARKS = ("aecf_gate", "epoch_time", "eval_sweep", "memory", "throughput")
+BENCHMARKS = ("aecf_gate", "epoch_time", "eval_sweep", "length_buckets", "memory", "throughput")
 
 
 def check_device(name: str) -> str:

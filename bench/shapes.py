@@ -44,9 +44,24 @@ def _fill(rng: np.random.Generator, x: np.ndarray, lengths: np.ndarray) -> None:
         x[i:i + CHUNK] = rows
 
 
-def _split_arrays(rng: np.random.Generator, shape: str | dict, n: int, alloc) -> dict:
+LENGTHS = ("independent", "duration")  # how true lengths are drawn (``_lengths``)
+
+
+def _lengths(rng: np.random.Generator, layout: dict, n: int, kind: str) -> np.ndarray:
+    """(n, 3) true lengths: ``independent``: each modality's uniform in [L/5, L] on its own;
+    ``duration``: one fraction of each row, uniform in [0.2, 1], times every modality's L (real
+    audio and video of an utterance follow its duration)."""
+    if kind == "independent":
+        return np.stack([rng.integers(max(1, layout[m][0] // 5), layout[m][0] + 1, n) for m in MODALITIES], axis=1)
+    if kind != "duration":
+        raise ValueError(f"unknown lengths {kind!r}; use one of {LENGTHS}")
+    frac = rng.uniform(0.2, 1.0, n)
+    return np.stack([np.maximum(1, np.round(frac * layout[m][0])).astype(np.int64) for m in MODALITIES], axis=1)
+
+
+def _split_arrays(rng: np.random.Generator, shape: str | dict, n: int, alloc, lengths: str = "independent") -> dict:
     layout = SHAPES[shape] if isinstance(shape, str) else shape
-    lengths = np.stack([rng.integers(max(1, layout[m][0] // 5), layout[m][0] + 1, n) for m in MODALITIES], axis=1)
+    lengths = _lengths(rng, layout, n, lengths)
     arrays = {}
     for j, m in enumerate(MODALITIES):
         L, D = layout[m]
@@ -56,13 +71,14 @@ def _split_arrays(rng: np.random.Generator, shape: str | dict, n: int, alloc) ->
     return {"arrays": arrays, "lengths": lengths.astype(np.int64), "labels": labels}
 
 
-def make_shaped(shape: str | dict, sizes: tuple[int, int, int], seed: int = 0) -> MultimodalData:
-    """An in-memory data set with the ``shape`` layout (a name in SHAPES or ``{modality: (L, D)}``)
-    and split sizes ``sizes``."""
+def make_shaped(shape: str | dict, sizes: tuple[int, int, int], seed: int = 0,
+                lengths: str = "independent") -> MultimodalData:
+    """An in-memory data set with the ``shape`` layout (a name in SHAPES or ``{modality: (L, D)}``),
+    split sizes ``sizes`` and true lengths drawn as ``lengths`` (one of ``LENGTHS``)."""
     rng = np.random.default_rng(seed)
     splits = {}
     for s, n in zip(SPLITS, sizes):
-        d = _split_arrays(rng, shape, n, lambda m, shp: np.empty(shp, dtype=np.float32))
+        d = _split_arrays(rng, shape, n, lambda m, shp: np.empty(shp, dtype=np.float32), lengths)
         splits[s] = Split(**d["arrays"], lengths=d["lengths"], labels=d["labels"],
                           ids=np.array([f"{s}_{i}" for i in range(n)]), raw_text=np.full(n, "", dtype=str))
     return MultimodalData(name=str(shape), format="synthetic", source=f"generated {shape}", splits=splits)

@@ -4,9 +4,8 @@ Data: generated in memory at the MMSA unaligned shapes (``bench/shapes.py``): MO
 audio (N, 375, 5), vision (N, 500, 20); MOSEI text (N, 50, 768), audio (N, 500, 74), vision
 (N, 500, 35); a small N on the CPU. Each model trains through the real ``Trainer.train_epoch``
 (batch 32, default config; bf16 autocast on CUDA): the default AttentionRobustV4 (mlp encoder),
-``--encoder lstm``, the baselines tfn, lf_dnn, ef_lstm, the default model and ``--encoder lstm``
-with ``--length_buckets`` (the generated true lengths are uniform in [L/5, L], independent per
-modality), and on CUDA the default model and ``--encoder lstm`` with ``--compile reduce-overhead``.
+``--encoder lstm`` and the baselines tfn, lf_dnn, ef_lstm, and on CUDA the default model and
+``--encoder lstm`` with ``--compile reduce-overhead`` (``--length_buckets``: ``bench/length_buckets.py``).
 Epochs of all models alternate and are compared by their medians; every figure is also given as a
 ratio against the default model measured beside it.
 
@@ -37,9 +36,6 @@ MODELS: dict[str, dict] = {
     "tfn": {"model": "tfn"},
     "lf_dnn": {"model": "lf_dnn"},
     "ef_lstm": {"model": "ef_lstm"},
-    # --length_buckets: batches of similar length, each cut to its longest row (not with --compile)
-    "default+buckets": {"length_buckets": True},
-    "lstm+buckets": {"encoder": "lstm", "length_buckets": True},
 }
 # on CUDA also the default model and --encoder lstm with the training forward compiled and replayed
 # as CUDA graphs (``--compile reduce-overhead``; the first epoch, the warm-up, pays the compilation)
@@ -71,15 +67,20 @@ def op_counts(trainer: Trainer, device: torch.device) -> dict[str, float]:
             "launches": sum("LaunchKernel" in e.name for e in events) / steps}
 
 
-def measure(shape: str | dict, n_train: int, device: torch.device, reps: int) -> dict[str, dict]:
-    data = make_shaped(shape, (n_train, 32, 32))
+def measure(shape: str | dict, n_train: int, device: torch.device, reps: int, models: dict[str, dict] | None = None,
+            lengths: str = "independent") -> dict[str, dict]:
+    """samples/s and op counts per step of ``models`` (name -> Config overrides; default: ``MODELS``,
+    and ``CUDA_MODELS`` on CUDA), trained side by side on generated data of ``shape``."""
+    if models is None:
+        models = MODELS | (CUDA_MODELS if device.type == "cuda" else {})
+    data = make_shaped(shape, (n_train, 32, 32), lengths=lengths)
     Standardizer.fit(data.splits["train"]).apply(data)
     amp = device.type == "cuda"
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {name: Trainer(Config(**over, epochs=reps + 3, device=str(device), amp=amp), data, 1111,
                                   Path(tmp) / name, progress=False)
-                    for name, over in (MODELS | (CUDA_MODELS if device.type == "cuda" else {})).items()}
+                    for name, over in models.items()}
 
         def epoch(tr: Trainer):
             def fn() -> None:

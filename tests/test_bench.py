@@ -53,6 +53,33 @@ def test_throughput_benchmark_prints_every_model_and_column(capsys):
     assert out.count("tiny shape") == 1
 
 
+def test_generated_lengths_follow_one_duration_or_are_drawn_per_modality():
+    from bench.shapes import make_shaped
+
+    layout = {"text": (10, 3), "audio": (400, 2), "vision": (200, 2)}
+    dur = make_shaped(layout, (300, 4, 4), lengths="duration").splits["train"].lengths
+    frac = dur / np.array([10, 400, 200])
+    assert np.abs(frac[:, 1] - frac[:, 2]).max() <= 1 / 200  # audio and video: one duration, up to rounding
+    assert frac.min() >= 0.15 and frac.max() <= 1.0 and frac[:, 1].std() > 0.2
+    ind = make_shaped(layout, (300, 4, 4)).splits["train"].lengths
+    assert abs(np.corrcoef(ind[:, 1], ind[:, 2])[0, 1]) < 0.2 and ind[:, 1].min() >= 80
+    with pytest.raises(ValueError, match="unknown lengths 'sorted'"):
+        make_shaped(layout, (3, 3, 3), lengths="sorted")
+
+
+def test_length_buckets_benchmark_prints_both_models_at_both_length_kinds(capsys):
+    from bench.length_buckets import run
+
+    tiny = {"text": (4, 6), "audio": (30, 3), "vision": (20, 2)}
+    figs = run(quick=True, device="cpu", n_train=40, shapes={"tiny": tiny})
+    out = capsys.readouterr().out
+    assert set(figs) == {"tiny/independent", "tiny/duration"}
+    for kind in ("independent", "duration"):
+        assert f"tiny shape, {kind} lengths" in out
+        assert all(f["samples_per_s"] > 0 for f in figs[f"tiny/{kind}"].values())
+    assert out.count("with --length_buckets") == 4
+
+
 def test_bench_refuses_a_missing_device_in_one_line(capsys):
     import torch
 
