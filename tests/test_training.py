@@ -772,6 +772,38 @@ def test_length_buckets_cut_every_training_batch_to_its_longest_row_and_still_le
         Config(length_buckets=True, compile="default").validate()
 
 
+def test_length_buckets_resumed_from_last_pt_train_the_same_epochs(tmp_path):
+    # the bucketed order draws from the loader's generator, which last.pt saves: a resumed run
+    # forms the same batches as one that was never stopped
+    import torch
+
+    from datasets import make_synthetic
+    from training.config import Config
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=60, n_valid=16, n_test=16, seq_len=20, dims=(12, 5, 8))
+    cfg = Config(length_buckets=True, hidden_dim=16, num_heads=2, batch_size=8, epochs=3)
+
+    def epochs(trainer: Trainer, n: int) -> list[float]:
+        losses = []
+        for _ in range(n):
+            losses.append(trainer.train_epoch()["loss/total"])
+            trainer.epoch += 1
+        return losses
+
+    whole = Trainer(cfg, data, 5, tmp_path / "whole", progress=False)
+    expected = epochs(whole, 3)
+    first = Trainer(cfg, data, 5, tmp_path / "stopped", progress=False)
+    epochs(first, 1)
+    first.save_last()
+    torch.manual_seed(123)  # the global RNG is restored from last.pt, whatever it holds now
+    resumed = Trainer(cfg, data, 5, tmp_path / "stopped", progress=False)
+    assert resumed.resume()
+    assert epochs(resumed, 2) == expected[1:]
+    for a, b in zip(whole.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["mlp", "lstm"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
