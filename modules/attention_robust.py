@@ -59,8 +59,14 @@ class AttentionRobustV4(MultimodalModel):
     output does not depend on its features at all. ``{m}_token_mask`` may come back as a float
     tensor (states stored with ``.float()``); nonzero means valid. When ``presence`` is on the host,
     a modality that no row has is left out of the proxy attention (its keys would all be masked):
-    the same output up to rounding, without the work (the evaluator's pattern passes).
+    the same output up to rounding, without the work (the evaluator's pattern passes). In eval
+    mode ``presence`` may also hold ``G * B`` rows for states of ``B`` (``fuses_groups``): every
+    output then has ``G * B`` rows, row ``g * B + b`` being sample ``b`` under presence row
+    ``g * B + b``, equal to G separate calls up to rounding; the proxy attention reads the shared
+    keys and values once for all G (the evaluator's grouped pattern passes on a GPU).
     """
+
+    fuses_groups = True
 
     def __init__(self, cfg: Config, dims: dict[str, int]):
         super().__init__()
@@ -110,10 +116,17 @@ class AttentionRobustV4(MultimodalModel):
         presence = presence.to(states["text_mu"].device).bool()
         check_presence(presence)
         B = presence.shape[0]
+        G = B // states["text_mu"].shape[0]  # presence patterns the states are fused under at once
+        if G * states["text_mu"].shape[0] != B or (G > 1 and self.training):
+            raise ValueError(f"presence has {B} rows for states of {states['text_mu'].shape[0]}: give one row per "
+                             "state, or (in eval mode) a whole number of blocks of them")
         keep = presence.unsqueeze(-1)  # (B, 3, 1)
 
+        def tiled(x: Tensor) -> Tensor:  # a state's rows once per block of presence rows
+            return x.repeat(G, *[1] * (x.dim() - 1)) if G > 1 else x
+
         def stacked(key: str, fill: float) -> Tensor:
-            x = torch.stack([states[f"{m}_{key}"] for m in MODALITIES], dim=1)
+            x = tiled(torch.stack([states[f"{m}_{key}"] for m in MODALITIES], dim=1))
             return torch.where(keep, x, torch.full_like(x, fill))
 
         mu, z, logvar, std = stacked("mu", 0.0), stacked("z", 0.0), stacked("logvar", 0.0), stacked("std", 1.0)
@@ -123,7 +136,8 @@ class AttentionRobustV4(MultimodalModel):
         if self.proxy_attention is not None:
             # a missing modality's keys are masked and its contribution zeroed inside the attention
             keys, values, masks = zip(*[
-                (states[f"{m}_keys"], states[f"{m}_values"], states[f"{m}_token_mask"].bool() & presence[:, i, None])
+                (states[f"{m}_keys"], states[f"{m}_values"],  # shared by the G blocks: never tiled
+                 tiled(states[f"{m}_token_mask"].bool()) & presence[:, i, None])
                 if used[i] else (None, None, None) for i, m in enumerate(MODALITIES)])
             proxy, mass = self.proxy_attention(proxy, list(keys), list(values), list(masks))
             diagnostics["proxy_attention_mass"] = mass.detach()

@@ -18,6 +18,11 @@
     (dict name -> tensor, logged to TensorBoard after a mean). A missing modality must never
     change an output.
 
+A model whose class sets ``fuses_groups = True`` also takes, in eval mode, ``presence (G * B, 3)``
+for states of ``B`` rows: the states fused under G presence blocks in one call, row ``g * B + b``
+of every output being sample ``b`` under block ``g`` (the evaluator uses it for its pattern passes
+on a GPU, where one call of many rows beats many calls).
+
 ``forward(batch, presence=None)`` is ``fuse(encode(batch), presence or batch["presence"])``.
 The trainer, evaluation and report never branch on which model runs.
 """
@@ -35,6 +40,8 @@ from modules.heads import bounded_score
 class MultimodalModel(nn.Module, abc.ABC):
     """Base of every registered model: ``forward = fuse(encode(batch), presence)`` and the plain
     score/class heads the baselines share (``add_heads`` + ``predict``)."""
+
+    fuses_groups = False  # True: eval-mode ``fuse`` accepts presence (G * B, 3) (see the module docstring)
 
     @abc.abstractmethod
     def encode(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

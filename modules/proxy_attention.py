@@ -27,6 +27,11 @@ class ProxyCrossModalAttention(nn.Module):
     from every row may be given as ``None`` in all three lists: nothing is computed for its
     steps and its mass is 0; the result equals that of passing it with every key masked, up to
     rounding (the softmax sums over fewer terms).
+
+    Groups: ``proxy`` and ``token_masks`` may hold ``G * B`` rows against keys and values of ``B``
+    rows: row ``g * B + b`` is query ``g`` of sample ``b`` (the same sample under G presence
+    patterns), attending over sample ``b``'s keys with its own mask. Every group's scores come from
+    the same batched products, so the keys and values are read once for all G.
     """
 
     def __init__(self, hidden_dim: int, num_heads: int = 4, num_modalities: int = 3, dropout: float = 0.0):
@@ -54,29 +59,36 @@ class ProxyCrossModalAttention(nn.Module):
 
     def forward(self, proxy: Tensor, keys: list[Tensor | None], values: list[Tensor | None],
                 token_masks: list[Tensor | None]) -> tuple[Tensor, Tensor]:
-        B, H = proxy.shape
+        GB, H = proxy.shape
         nh, hd = self.num_heads, H // self.num_heads
-        # the query as a block-diagonal (B, H, nh): column h holds head h's query in head h's channels
-        q = (self.q_proj(proxy) / math.sqrt(hd)).unsqueeze(-1) * self.head_channels.t().to(proxy.dtype)
         used = [i for i, k in enumerate(keys) if k is not None]  # None: missing from every row, skipped
+        B = keys[used[0]].shape[0]
+        G = GB // B  # G groups of B queries share the keys and values (one per presence pattern)
+        # the queries as a block-diagonal (B, H, G * nh): column g * nh + h holds group g's query of
+        # head h in head h's channels
+        q = (self.q_proj(proxy) / math.sqrt(hd)).unsqueeze(-1) * self.head_channels.t().to(proxy.dtype)
+        q = q.view(G, B, H, nh).permute(1, 2, 0, 3).reshape(B, H, G * nh)
         # keys and values are read in their stored (B, L_m, H) layout, never transposed or copied:
-        # every head's scores in one batched product (B, L_m, H) @ (B, H, nh)
+        # every group's and head's scores in one batched product (B, L_m, H) @ (B, H, G * nh)
         scores = []
         for i in used:
-            s = torch.bmm(keys[i], q.to(keys[i].dtype)).transpose(1, 2)  # (B, nh, L_m)
+            s = torch.bmm(keys[i], q.to(keys[i].dtype))  # (B, L_m, G * nh)
+            s = s.view(B, -1, G, nh).permute(2, 0, 3, 1).reshape(GB, nh, -1)  # (G * B, nh, L_m)
             scores.append(s.masked_fill(~token_masks[i][:, None, :], float("-inf")))
         sizes = [s.shape[-1] for s in scores]
-        attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, L)
-        out = proxy.new_zeros(B, nh, H)
+        attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (G * B, nh, L)
+        out = proxy.new_zeros(GB, nh, H)
         for a, i in zip(self.dropout(attn).split(sizes, dim=-1), used):
-            part = torch.bmm(a, values[i])  # (B, nh, H): every head's weights over all channels
+            a = a.reshape(G, B, nh, -1).permute(1, 0, 2, 3).reshape(B, G * nh, -1)  # (B, G * nh, L_m)
+            part = torch.bmm(a, values[i]).view(B, G, nh, H)  # every head's weights over all channels
+            part = part.permute(1, 0, 2, 3).reshape(GB, nh, H)
             # a modality without a valid key contributes exactly 0, whatever its values hold
             out = out + torch.where(token_masks[i].any(dim=1)[:, None, None], part, 0.0)
-        out = (out * self.head_channels.to(out.dtype)).sum(1)  # head h keeps its own channels: (B, H)
+        out = (out * self.head_channels.to(out.dtype)).sum(1)  # head h keeps its own channels: (G * B, H)
 
         p = self.norm1(proxy + self.dropout(self.out_proj(out)))
         p = self.norm2(p + self.dropout(self.ffn(p)))
 
-        per_step = attn.mean(dim=1)  # (B, L)
+        per_step = attn.mean(dim=1)  # (G * B, L)
         mass = dict(zip(used, (chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1))))
-        return p, torch.stack([mass[i] if i in mass else proxy.new_zeros(B) for i in range(len(keys))], dim=-1)
+        return p, torch.stack([mass[i] if i in mass else proxy.new_zeros(GB) for i in range(len(keys))], dim=-1)

@@ -25,10 +25,13 @@ def test_pattern_table_inverts_presence_patterns():
     assert presence_patterns(PATTERN_PRESENCE).tolist() == list(range(7))
 
 
-@pytest.mark.parametrize("model_name", ["attention_robust_v4", "tfn"])
-def test_fuse_many_by_pattern_equals_one_fuse_per_mask(model_name):
-    # 11 masks over 7 patterns, 600 rows in two evaluation chunks: the by-pattern path runs
+@pytest.mark.parametrize("model_name,grouped", [("attention_robust_v4", False), ("attention_robust_v4", True),
+                                                ("tfn", False), ("tfn", True)])
+def test_fuse_many_by_pattern_equals_one_fuse_per_mask(model_name, grouped):
+    # 11 masks over 7 patterns, 600 rows in two evaluation chunks: the by-pattern path runs, one
+    # pass per pattern or (grouped, as on CUDA) all patterns in one call where the model can
     ev, test = _evaluator(model_name)
+    ev.group_patterns = grouped
     presences = [modality_masks(test.n, p) for p in (0.0, 0.3, 0.5, 0.7)] + [subset_masks(test.n, s) for s in SUBSETS]
     states = ev.encode(test)
     for presence, fused in zip(presences, ev.fuse_many(test, presences)):

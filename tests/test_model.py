@@ -137,6 +137,32 @@ def test_mixed_presence_batch_matches_single_rows() -> None:
         torch.testing.assert_close(model.fuse(row, presence[i:i + 1])["score"], out["score"][i:i + 1])
 
 
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+def test_one_fuse_under_several_presence_blocks_equals_one_fuse_per_block(encoder: str) -> None:
+    # the evaluator's pattern passes: presence (G * B, 3) against states of B rows; the keys and
+    # values are shared by the G blocks, everything else is per row
+    torch.manual_seed(0)
+    model = AttentionRobustV4(make_cfg(encoder=encoder), DIMS).eval()
+    B = 6
+    states = model.encode(make_batch(B, lengths=(9, 14, 5)))
+    g = torch.Generator().manual_seed(3)
+    blocks = [torch.tensor(p).repeat(B, 1) for p in PATTERNS] + [torch.rand(B, 3, generator=g) > 0.5]
+    blocks[-1][:, 0] = True  # a mixed block; every row keeps a modality
+    with torch.no_grad():
+        joint = model.fuse(states, torch.cat(blocks))
+        for j, presence in enumerate(blocks):
+            one = model.fuse(states, presence)
+            rows = slice(j * B, (j + 1) * B)
+            for key in ("score", "logits"):
+                torch.testing.assert_close(joint[key][rows], one[key], rtol=0, atol=1e-5)
+            for key in ("fusion_weights", "proxy_attention_mass"):
+                torch.testing.assert_close(joint["diagnostics"][key][rows], one["diagnostics"][key], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="whole number of blocks"):
+        model.fuse(states, torch.ones(B + 1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="in eval mode"):
+        model.train().fuse(states, torch.ones(2 * B, 3, dtype=torch.bool))
+
+
 def test_states_concatenate_across_batches() -> None:
     torch.manual_seed(0)
     model = AttentionRobustV4(make_cfg(encoder="lstm"), DIMS).eval()

@@ -96,7 +96,10 @@ class Evaluator:
     ``calibration``: the validation-fitted ``Calibration`` applied to ``sweep`` (none: raw outputs);
     ``autocast``: bfloat16 autocast of ``encode``/``fuse``/``sweep``; ``tta``: test-time adaptation
     on every batch of every ``fuse``/``sweep`` pass (``training/tta.py``). ``validation_score`` (best
-    epoch, tuning) and calibration fitting use none of the three.
+    epoch, tuning) and calibration fitting use none of the three. ``group_patterns``: fuse a chunk
+    under all its presence patterns in one call where the model can (``fuses_groups``); on a GPU the
+    pattern passes are bound by kernel launches, on the CPU by arithmetic, where one pass per
+    pattern, skipping the modalities it lacks, is faster (``from_config``: on CUDA only).
     """
 
     model: nn.Module
@@ -107,13 +110,14 @@ class Evaluator:
     calibration: Calibration | None = None
     autocast: bool = False
     tta: Tent | None = None
+    group_patterns: bool = False
 
     @classmethod
     def from_config(cls, model: nn.Module, cfg: Config, device: torch.device, calibration: Calibration | None = None,
                     tta: Tent | None = None) -> Evaluator:
         """The evaluator of a run of ``cfg`` (batch size, task, classes; autocast with ``amp`` on CUDA)."""
         return cls(model, device, cfg.batch_size, cfg.task, cfg.num_classes, calibration,
-                   bool(cfg.amp and device.type == "cuda"), tta)
+                   bool(cfg.amp and device.type == "cuda"), tta, device.type == "cuda")
 
     @torch.no_grad()
     def encode(self, split: Split) -> dict[str, torch.Tensor]:
@@ -210,11 +214,16 @@ class Evaluator:
         are fused independently of each other, so this equals one pass per mask (up to rounding: the
         pattern is passed on the host, so a model may skip the work of the modalities it lacks)."""
         n = codes.shape[1]
-        passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
-                  for c in patterns]
+        if self.group_patterns and getattr(self.model, "fuses_groups", False):  # one call: P * n rows, pattern-major
+            out = self._fuse_chunk(states, torch.from_numpy(np.repeat(PATTERN_PRESENCE[patterns], n, axis=0)),
+                                   autocast)
+            tables = [None if t is None else t.view(len(patterns), n, *t.shape[1:]) for t in out]
+        else:
+            passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
+                      for c in patterns]
+            tables = [None if passes[0][t] is None else torch.stack([p[t] for p in passes]) for t in range(3)]
         where = torch.from_numpy(np.searchsorted(patterns, codes)).to(self.device)  # (K, n): the pass of each row
         rows = torch.arange(n, device=self.device)
-        tables = [None if passes[0][t] is None else torch.stack([p[t] for p in passes]) for t in range(3)]
         return [tuple(None if tab is None else tab[where[j], rows] for tab in tables) for j in range(len(codes))]
 
     def predictions(self, fused: Fused, presence: np.ndarray | None = None,
