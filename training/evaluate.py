@@ -99,7 +99,8 @@ class Evaluator:
     epoch, tuning) and calibration fitting use none of the three. ``group_patterns``: fuse a chunk
     under all its presence patterns in one call where the model can (``fuses_groups``); on a GPU the
     pattern passes are bound by kernel launches, on the CPU by arithmetic, where one pass per
-    pattern, skipping the modalities it lacks, is faster (``from_config``: on CUDA only).
+    pattern, skipping the modalities it lacks, measured as fast or faster (``from_config``: on CUDA
+    only; ``bench/README.md``).
     """
 
     model: nn.Module
