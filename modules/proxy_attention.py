@@ -72,7 +72,7 @@ class ProxyCrossModalAttention(nn.Module):
         # every group's and head's scores in one batched product (B, L_m, H) @ (B, H, G * nh)
         scores = []
         for i in used:
-            s = torch.bmm(keys[i], q.to(keys[i].dtype))  # (B, L_m, G * nh)
+            s = torch.bmm(keys[i], q)  # (B, L_m, G * nh); under autocast bmm casts both
             s = s.view(B, -1, G, nh).permute(2, 0, 3, 1).reshape(GB, nh, -1)  # (G * B, nh, L_m)
             scores.append(s.masked_fill(~token_masks[i][:, None, :], float("-inf")))
         sizes = [s.shape[-1] for s in scores]
