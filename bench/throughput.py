@@ -4,8 +4,9 @@ Data: generated in memory at the MMSA unaligned shapes (``bench/shapes.py``): MO
 audio (N, 375, 5), vision (N, 500, 20); MOSEI text (N, 50, 768), audio (N, 500, 74), vision
 (N, 500, 35); a small N on the CPU. Each model trains through the real ``Trainer.train_epoch``
 (batch 32, default config; bf16 autocast on CUDA): the default AttentionRobustV4 (mlp encoder),
-``--encoder lstm`` and the baselines tfn, lf_dnn, ef_lstm, and on CUDA the default model and
-``--encoder lstm`` with ``--compile reduce-overhead`` (``--length_buckets``: ``bench/length_buckets.py``).
+``--encoder lstm`` without and with ``--stack_lstm`` (``modules/stacked_lstm.py``) and the baselines
+tfn, lf_dnn, ef_lstm, and on CUDA the default model and ``--encoder lstm`` (both ways) with
+``--compile reduce-overhead`` (``--length_buckets``: ``bench/length_buckets.py``).
 Epochs of all models alternate and are compared by their medians; every figure is also given as a
 ratio against the default model measured beside it.
 
@@ -32,7 +33,8 @@ from training.trainer import Trainer
 
 MODELS: dict[str, dict] = {
     "default": {},
-    "lstm": {"encoder": "lstm"},
+    "lstm": {"encoder": "lstm"},  # six LSTM runs per step, one per direction and modality
+    "lstm+stacked": {"encoder": "lstm", "stack_lstm": True},  # one per distinct length
     "tfn": {"model": "tfn"},
     "lf_dnn": {"model": "lf_dnn"},
     "ef_lstm": {"model": "ef_lstm"},
@@ -40,7 +42,9 @@ MODELS: dict[str, dict] = {
 # on CUDA also the default model and --encoder lstm with the training forward compiled and replayed
 # as CUDA graphs (``--compile reduce-overhead``; the first epoch, the warm-up, pays the compilation)
 CUDA_MODELS: dict[str, dict] = {"default+graphs": {"compile": "reduce-overhead"},
-                                "lstm+graphs": {"encoder": "lstm", "compile": "reduce-overhead"}}
+                                "lstm+graphs": {"encoder": "lstm", "compile": "reduce-overhead"},
+                                "lstm+stacked+graphs": {"encoder": "lstm", "compile": "reduce-overhead",
+                                                        "stack_lstm": True}}
 
 
 def op_counts(trainer: Trainer, device: torch.device) -> dict[str, float]:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from modules.aecf import CurriculumMasking, MultimodalAttentionPool
 from modules.base import MultimodalModel
 from modules.decoder import ModalityDecoder
-from modules.encoders import build_encoder
+from modules.encoders import build_encoder, encode_modalities
 from modules.fusion import GatedUncertaintyFusion, UncertaintyWeightedFusion, inverse_variance_std
 from modules.heads import SentimentHead
 from modules.losses import ModalityContrastiveLoss, kl_loss, reconstruction_loss
@@ -64,6 +64,10 @@ class AttentionRobustV4(MultimodalModel):
     output then has ``G * B`` rows, row ``g * B + b`` being sample ``b`` under presence row
     ``g * B + b``, equal to G separate calls up to rounding; the proxy attention reads the shared
     keys and values once for all G (the evaluator's grouped pattern passes on a GPU).
+
+    ``stack_recurrences`` (``cfg.stack_lstm``): with LSTM encoders, run the directions of all
+    modalities of equal length as one block-diagonal LSTM (``modules.encoders.encode_modalities``),
+    for a GPU, where an LSTM over a long sequence at small batch is bound by its steps.
     """
 
     fuses_groups = True
@@ -71,6 +75,7 @@ class AttentionRobustV4(MultimodalModel):
     def __init__(self, cfg: Config, dims: dict[str, int]):
         super().__init__()
         self.cfg = cfg
+        self.stack_recurrences = cfg.stack_lstm
         H = cfg.hidden_dim
         M = len(MODALITIES)
         self.encoders = nn.ModuleDict({
@@ -96,11 +101,10 @@ class AttentionRobustV4(MultimodalModel):
                                if cfg.unimodal_weight > 0 else None)
 
     def encode(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        lengths = batch["lengths"]
+        encoded = encode_modalities(self.encoders, batch, batch["lengths"], self.stack_recurrences)
         states: dict[str, Tensor] = {}
         for i, m in enumerate(MODALITIES):
-            x = batch[m]
-            enc = self.encoders[m](x, lengths[:, i])
+            x, enc = batch[m], encoded[m]
             for key in ("mu", "logvar", "std", "z", "token_mask"):
                 states[f"{m}_{key}"] = enc[key]
             if self.proxy_attention is not None:  # projected once here, reused under every mask

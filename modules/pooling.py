@@ -59,27 +59,40 @@ def reverse_valid(x: Tensor, lengths: Tensor, index: Tensor | None = None) -> Te
     return _Reverse.apply(x, index.expand(-1, -1, x.shape[-1]))
 
 
+def direction_inputs(x: Tensor, lengths: Tensor, directions: int) -> tuple[list[Tensor], Tensor | None]:
+    """What each direction of a recurrence over ``x (B, L, D)`` reads, and the reversal index.
+
+    Direction 0 reads ``x`` as is; direction 1 (if any) reads each row's valid steps reversed in
+    place (:func:`reverse_valid`), so it too meets the padding only after them. Returns ``(inputs,
+    index)``: one ``(B, L, D)`` per direction, and the (B, L, 1) reversal (None with one direction)
+    that :func:`join_directions` reuses.
+    """
+    index = _reversal(lengths, x.shape[1]) if directions > 1 else None  # made once, used twice
+    return [x if d == 0 else reverse_valid(x, lengths, index) for d in range(directions)], index
+
+
+def join_directions(outs: Sequence[Tensor], lengths: Tensor, index: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The per-step states ``outs[d] (B, L, U)`` of each direction (:func:`direction_inputs`) in the
+    original order -> ``(per_step (B, L, U * directions), final (B, U * directions))``: the backward
+    states put back, and each direction's state after its last valid step (forward: at
+    ``length - 1``; backward: after reading the first step, which it also holds at ``length - 1``
+    of its own order)."""
+    steps = torch.arange(outs[0].shape[1], device=outs[0].device).unsqueeze(0)
+    last_step = (steps == (lengths - 1).unsqueeze(1)).unsqueeze(-1)  # (B, L, 1): one True per row
+    # the one step selected by a mask (a product and a sum, whose gradient is a product)
+    lasts = [(out * last_step.to(out.dtype)).sum(dim=1) for out in outs]
+    outs = [out if d == 0 else reverse_valid(out, lengths, index) for d, out in enumerate(outs)]
+    return torch.cat(list(outs), dim=-1), torch.cat(lasts, dim=-1)
+
+
 def run_directions(directions: Sequence[Callable[[Tensor], Tensor]], x: Tensor,
                    lengths: Tensor) -> tuple[Tensor, Tensor]:
     """Run a causal recurrence per direction over a padded batch so padding never reaches a valid state.
 
-    ``directions[0]`` reads ``x (B, L, D)`` as is; ``directions[1]`` (if any) reads each row's valid
-    steps reversed in place (:func:`reverse_valid`), so it also meets the padding only after them.
-    Each maps ``(B, L, D)`` to its per-step states ``(B, L, U)``. ``lengths (B,)`` must lie in
-    ``[1, L]``.
-
-    Returns ``(per_step (B, L, U * directions), final (B, U * directions))``: per-step states in the
-    original order (the backward ones put back), and each direction's state after its last valid
-    step (forward: at ``length - 1``; backward: after reading the first step, which it also holds
-    at ``length - 1`` of its own order).
+    ``directions[d]`` maps what direction ``d`` reads (:func:`direction_inputs`: ``x (B, L, D)`` as
+    is, then with each row's valid steps reversed) to its per-step states ``(B, L, U)``.
+    ``lengths (B,)`` must lie in ``[1, L]``. Returns :func:`join_directions`' ``(per_step (B, L, U *
+    directions), final (B, U * directions))``.
     """
-    steps = torch.arange(x.shape[1], device=x.device).unsqueeze(0)
-    last_step = (steps == (lengths - 1).unsqueeze(1)).unsqueeze(-1)  # (B, L, 1): one True per row
-    index = _reversal(lengths, x.shape[1]) if len(directions) > 1 else None  # made once, used twice
-    outs, lasts = [], []
-    for d, run in enumerate(directions):
-        out = run(x if d == 0 else reverse_valid(x, lengths, index))
-        # the one step selected by a mask (a product and a sum, whose gradient is a product)
-        lasts.append((out * last_step.to(out.dtype)).sum(dim=1))
-        outs.append(out if d == 0 else reverse_valid(out, lengths, index))
-    return torch.cat(outs, dim=-1), torch.cat(lasts, dim=-1)
+    inputs, index = direction_inputs(x, lengths, len(directions))
+    return join_directions([run(seq) for run, seq in zip(directions, inputs)], lengths, index)

@@ -29,8 +29,8 @@ def test_every_field_carries_its_group_and_kinds():
 def test_derived_lists_are_consistent_and_fix_the_old_drift():
     assert "device" in C.NOT_SEARCHABLE and "amp" in C.NOT_SEARCHABLE  # both say how it runs
     assert "standardize" in C.SWITCHES and "standardize" not in C.RESUMABLE_CHANGES  # it shapes the data
-    assert C.RESUMABLE_CHANGES == {"resume", "overwrite", "quiet", "tensorboard", "device", "amp", "compile", "seeds",
-                                   "output_dir"}
+    assert C.RESUMABLE_CHANGES == {"resume", "overwrite", "quiet", "tensorboard", "device", "amp", "compile",
+                                   "stack_lstm", "seeds", "output_dir"}
     assert set(C.RUN_FIELDS) <= C.RESUMABLE_CHANGES and set(C.RUN_FIELDS) <= C.NOT_SEARCHABLE
     for switch, params in C.FEATURE_PARAMS.items():
         assert switch in C.SWITCHES and set(params) <= set(C.SEARCHABLE), switch

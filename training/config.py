@@ -174,6 +174,11 @@ class Config:
                       "steps pay the compilation (about a minute), so it pays on large data on a GPU; with --encoder "
                       "lstm the LSTM calls stay cuDNN's and everything around them is compiled",
                       ["none", "default", "reduce-overhead"], group="run", kind="resumable")
+    stack_lstm: bool = _f(False, "with --encoder lstm, run the LSTM directions of all modalities of equal length "
+                          "as one block-diagonal LSTM: the same outputs up to rounding in 2 sequential runs "
+                          "instead of 6 at the MOSEI shape, at several times the recurrent arithmetic; meant for "
+                          "a GPU, where an LSTM over long sequences at small batch is bound by its steps (slower "
+                          "on a CPU)", group="run", kind="resumable")
     # ---- evaluation -------------------------------------------------------------------------
     eval_missing_rates: list[float] = _f(DEFAULT_RATES, "random modality-missing rates of the test sweep",
                                          group="eval")
@@ -274,6 +279,8 @@ class Config:
             (not (self.length_buckets and self.compile != "none"),
              f"--length_buckets gives batches of varying length, and --compile {self.compile} would compile "
              "again for each; leave one of them out"),
+            (not self.stack_lstm or (self.model == "attention_robust_v4" and self.encoder == "lstm"),
+             "--stack_lstm applies to --encoder lstm of the default model only; leave it out"),
             (self.tta_steps >= 1, "tta_steps must be >= 1"),
             (self.tta_lr > 0, "tta_lr must be > 0"),
             (not self.eval_only or self.checkpoint, "--eval_only needs --checkpoint PATH"),

@@ -1,0 +1,111 @@
+"""Several one-directional LSTMs run as one block-diagonal LSTM (``modules.stacked_lstm``), and the
+model's LSTM encoders run that way (``stack_recurrences``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from attention_robust_v4 import MODALITIES, AttentionRobustV4
+from modules.stacked_lstm import block_diagonal_weights, lstm, stacked_lstm
+from tests.helpers import DIMS, make_batch
+from training.config import Config, ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def streams() -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """Four streams: two of length 7 (different input and unit sizes), one of 3, one more of 7."""
+    torch.manual_seed(0)
+    shapes = [(7, 5, 4), (7, 3, 6), (3, 5, 4), (7, 2, 3)]  # (L, D, units)
+    inputs = [torch.randn(4, L, D, requires_grad=True) for L, D, _ in shapes]
+    weights = [[p.detach().clone().requires_grad_() for p in nn.LSTM(D, u, batch_first=True)._flat_weights]
+               for _, D, u in shapes]
+    return inputs, weights
+
+
+def test_stacked_lstm_equals_separate_runs_with_their_gradients() -> None:
+    inputs, weights = streams()
+    alone = [lstm(x, w, True) for x, w in zip(inputs, weights)]
+    together = stacked_lstm(inputs, weights, True)
+    assert [t.shape for t in together] == [(4, 7, 4), (4, 7, 6), (4, 3, 4), (4, 7, 3)]
+    for a, t in zip(alone, together):
+        torch.testing.assert_close(t, a)
+    leaves = [*inputs, *(p for w in weights for p in w)]
+    probe = [torch.randn_like(a) for a in alone]  # the same upstream gradient for both
+    g_alone = torch.autograd.grad(sum((a * p).sum() for a, p in zip(alone, probe)), leaves)
+    g_together = torch.autograd.grad(sum((t * p).sum() for t, p in zip(together, probe)), leaves)
+    for a, t in zip(g_alone, g_together):
+        torch.testing.assert_close(t, a)
+
+
+def test_a_stacked_stream_never_reads_another_streams_input() -> None:
+    inputs, weights = streams()
+    before = stacked_lstm(inputs, weights, False)
+    inputs[1] = inputs[1] * 100 + 5  # a stream of the same length as streams 0 and 3
+    after = stacked_lstm(inputs, weights, False)
+    for k in (0, 2, 3):
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=1e-6)
+    assert not torch.allclose(after[1], before[1])
+
+
+def test_block_diagonal_weights_keep_each_gate_block_of_each_stream() -> None:
+    _, weights = streams()
+    w_ih, w_hh, b_ih, b_hh = block_diagonal_weights(weights[:2])  # units 4 + 6, inputs 5 + 3
+    assert w_ih.shape == (40, 8) and w_hh.shape == (40, 10) and b_ih.shape == b_hh.shape == (40,)
+    for g in range(4):  # gate g of stream 0, then of stream 1
+        rows0, rows1 = slice(10 * g, 10 * g + 4), slice(10 * g + 4, 10 * g + 10)
+        torch.testing.assert_close(w_ih[rows0, :5], weights[0][0][4 * g:4 * g + 4])
+        torch.testing.assert_close(w_hh[rows1, 4:], weights[1][1][6 * g:6 * g + 6])
+        torch.testing.assert_close(b_hh[rows1], weights[1][3][6 * g:6 * g + 6])
+        assert not w_ih[rows0, 5:].any() and not w_hh[rows1, :4].any()
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_stacked_recurrences_give_the_model_the_same_states_and_gradients(bidirectional: bool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def counted(x, weights, train):
+        calls.append(x.shape[1])
+        return lstm(x, weights, train)
+
+    monkeypatch.setattr("modules.encoders.lstm", counted)
+    monkeypatch.setattr("modules.stacked_lstm.lstm", counted)
+    cfg = Config(encoder="lstm", hidden_dim=16, num_heads=4, dropout=0.0, bidirectional=bidirectional)
+    torch.manual_seed(0)
+    model = AttentionRobustV4(cfg, DIMS)
+    batch = make_batch(5, lengths=(6, 9, 9))  # audio and vision share a length: stacked together
+    batch["lengths"][:, 1] = torch.tensor([9, 1, 4, 7, 2])
+    presence = torch.ones(5, 3, dtype=bool)
+    runs = {}
+    for stack in (False, True):
+        model.stack_recurrences = stack
+        model.zero_grad()
+        calls.clear()
+        torch.manual_seed(1)  # the same variational samples
+        out = model.fuse(model.encode(batch), presence)
+        (out["score"].sum() + sum(out["losses"].values())).backward()
+        d = 2 if bidirectional else 1  # runs per encoder; stacked: one per distinct length (text 6; audio, vision 9)
+        assert calls == ([6, 9] if stack else [6] * d + [9] * 2 * d)
+        model.eval()
+        states = model.encode(batch)
+        model.train()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        runs[stack] = states, out["score"], grads
+    (s0, y0, g0), (s1, y1, g1) = runs[False], runs[True]
+    for m in MODALITIES:
+        for key in ("mu", "std", "keys", "values"):
+            torch.testing.assert_close(s1[f"{m}_{key}"], s0[f"{m}_{key}"])
+    torch.testing.assert_close(y1, y0)
+    assert g1.keys() == g0.keys() and any("lstm" in n for n in g0)
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-4, atol=1e-6)
+
+
+def test_stack_lstm_is_refused_without_an_lstm_encoder() -> None:
+    Config(stack_lstm=True, encoder="lstm").validate()
+    for over in ({}, {"encoder": "cfc"}, {"encoder": "lstm", "model": "ef_lstm"}):
+        with pytest.raises(ConfigError, match="--stack_lstm applies to --encoder lstm"):
+            Config(stack_lstm=True, **over).validate()
