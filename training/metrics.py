@@ -74,7 +74,10 @@ def ece_twin_band(p_pos: np.ndarray, n_bins: int = ECE_BINS, n_sims: int = TWIN_
     order = np.argsort(bins, kind="stable")
     conf, bins = conf[order], bins[order]
     starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
-    hits = np.add.reduceat(calibrated_twin(conf, n_sims, seed), starts, axis=1, dtype=np.int64)  # (S, bins used)
+    twin = calibrated_twin(conf, n_sims, seed).view(np.uint8)  # (S, N) 0/1
+    # hits per simulation and bin (S, bins used): a sum over each bin's columns (bins <= n_bins, and
+    # a byte sum is several times faster than np.add.reduceat over a bool array)
+    hits = np.stack([twin[:, a:b].sum(1, dtype=np.int64) for a, b in zip(starts, np.r_[starts[1:], len(conf)])], 1)
     eces = np.abs(hits - np.add.reduceat(conf, starts)).sum(1) / len(conf)
     lo, hi = np.quantile(eces, [0.05, 0.95])
     return float(eces.mean()), float(lo), float(hi)
