@@ -43,9 +43,9 @@ class AttentionRobustV4(MultimodalModel):
 
     ``encode(batch) -> states``: per modality ``m`` the keys ``{m}_mu, {m}_logvar, {m}_std,
     {m}_z`` (B, H), ``{m}_token_mask`` (B, L_m) bool, with proxy attention ``{m}_keys`` and
-    ``{m}_values`` (B, L_m, H) (the attention's projections of the per-step states) and
-    ``{m}_pooled_input`` (B, D_m) (masked mean of the input, the reconstruction target). It never
-    reads presence.
+    ``{m}_values`` (B, L_m, H) (the attention's projections of the per-step states) and, in
+    training with the VAE, ``{m}_pooled_input`` (B, D_m) (masked mean of the input, the
+    reconstruction target; only a training-mode ``fuse`` reads it). It never reads presence.
 
     ``fuse(states, presence (B, 3) bool) -> out`` with ``score`` (B,), ``logits`` (B, C),
     ``losses`` (unweighted scalars, training mode only, else empty) and ``diagnostics``:
@@ -109,7 +109,8 @@ class AttentionRobustV4(MultimodalModel):
                 states[f"{m}_{key}"] = enc[key]
             if self.proxy_attention is not None:  # projected once here, reused under every mask
                 states[f"{m}_keys"], states[f"{m}_values"] = self.proxy_attention.project(i, enc["tokens"])
-            states[f"{m}_pooled_input"] = masked_mean(x, enc["token_mask"])
+            if self.training and self.decoder is not None:
+                states[f"{m}_pooled_input"] = masked_mean(x, enc["token_mask"])
         return states
 
     def fuse(self, states: dict[str, Tensor], presence: Tensor) -> dict[str, Any]:
