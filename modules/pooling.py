@@ -23,8 +23,9 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
     Masked steps never contribute, whatever they hold.
     """
-    m = mask.unsqueeze(-1).to(x.dtype)
-    return (x * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+    m = mask.to(x.dtype)
+    # one batched product (B, 1, L) @ (B, L, D) instead of a (B, L, D) temporary
+    return torch.bmm(m.unsqueeze(1), x).squeeze(1) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
 class _Reverse(torch.autograd.Function):
