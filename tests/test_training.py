@@ -805,7 +805,7 @@ def test_length_buckets_resumed_from_last_pt_train_the_same_epochs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+@pytest.mark.parametrize("encoder", ["mlp", "lstm", "lstm+stacked"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, encoder, device):
     # torch.compile's module shares the parameters: checkpoints hold the plain model's keys, the
@@ -819,8 +819,9 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, 
     data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
     # on CUDA: CUDA graphs and bf16 autocast, the combination that once failed for the LSTM encoder
     cuda = device == "cuda"
-    cfg = Config(compile="reduce-overhead" if cuda else "default", encoder=encoder, device=device, amp=cuda,
-                 hidden_dim=16, num_heads=2, batch_size=16, epochs=8, train_missing_rate=0.0, lr=3e-3)
+    cfg = Config(compile="reduce-overhead" if cuda else "default", encoder=encoder.split("+")[0], device=device,
+                 amp=cuda, stack_lstm=encoder.endswith("+stacked"), hidden_dim=16, num_heads=2, batch_size=16,
+                 epochs=8, train_missing_rate=0.0, lr=3e-3)
     trainer = Trainer(cfg, data, 7, tmp_path, progress=False)
     assert trainer.forward is not trainer.model
     losses = [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs)]
