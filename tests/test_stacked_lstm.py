@@ -52,14 +52,19 @@ def test_a_stacked_stream_never_reads_another_streams_input() -> None:
 
 def test_block_diagonal_weights_keep_each_gate_block_of_each_stream() -> None:
     _, weights = streams()
-    w_ih, w_hh, b_ih, b_hh = block_diagonal_weights(weights[:2])  # units 4 + 6, inputs 5 + 3
-    assert w_ih.shape == (40, 8) and w_hh.shape == (40, 10) and b_ih.shape == b_hh.shape == (40,)
-    for g in range(4):  # gate g of stream 0, then of stream 1
-        rows0, rows1 = slice(10 * g, 10 * g + 4), slice(10 * g + 4, 10 * g + 10)
-        torch.testing.assert_close(w_ih[rows0, :5], weights[0][0][4 * g:4 * g + 4])
-        torch.testing.assert_close(w_hh[rows1, 4:], weights[1][1][6 * g:6 * g + 6])
-        torch.testing.assert_close(b_hh[rows1], weights[1][3][6 * g:6 * g + 6])
-        assert not w_ih[rows0, 5:].any() and not w_hh[rows1, :4].any()
+    joint = block_diagonal_weights(weights[:2])  # units 4 + 6, inputs 5 + 3
+    assert [w.shape for w in joint] == [(40, 8), (40, 10), (40,), (40,)]
+    units, cols = (4, 6), ((0, 5, 8), (0, 4, 10))  # each stream's units; its columns in w_ih, w_hh
+    for g in range(4):  # gate g of every stream, then gate g + 1
+        for k, u in enumerate(units):
+            first = 10 * g + sum(units[:k])
+            rows, own = slice(first, first + u), slice(u * g, u * (g + 1))
+            for i in (0, 1):  # w_ih, w_hh: the stream's block, zeros beside it
+                c = cols[i]
+                torch.testing.assert_close(joint[i][rows, c[k]:c[k + 1]], weights[k][i][own])
+                assert not joint[i][rows, c[1 - k]:c[2 - k]].any()
+            for i in (2, 3):  # the biases
+                torch.testing.assert_close(joint[i][rows], weights[k][i][own])
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
