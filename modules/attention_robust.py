@@ -43,8 +43,8 @@ class AttentionRobustV4(MultimodalModel):
 
     ``encode(batch) -> states``: per modality ``m`` the keys ``{m}_mu, {m}_logvar, {m}_std,
     {m}_z`` (B, H), ``{m}_token_mask`` (B, L_m) bool, with proxy attention ``{m}_keys`` and
-    ``{m}_values`` (B, L_m, H) (the attention's projections of the per-step states) and, in
-    training with the VAE, ``{m}_pooled_input`` (B, D_m) (masked mean of the input, the
+    ``{m}_values`` (B, H, L_m) (the attention's projections of the per-step states, channels-major)
+    and, in training with the VAE, ``{m}_pooled_input`` (B, D_m) (masked mean of the input, the
     reconstruction target; only a training-mode ``fuse`` reads it). It never reads presence.
 
     ``fuse(states, presence (B, 3) bool) -> out`` with ``score`` (B,), ``logits`` (B, C),

@@ -18,9 +18,10 @@ class ProxyCrossModalAttention(nn.Module):
     ``p = LN(p + Drop(Attn(p, tokens)))``, ``p = LN(p + Drop(FFN(p)))``.
 
     Two stages, so a test set's keys and values are computed once and reused under many masks:
-    ``project(m, tokens (B, L_m, H)) -> (keys, values)`` each ``(B, L_m, H)`` for modality index
-    ``m`` (presence-free, done in the model's ``encode``), then
-    ``forward(proxy (B, H), keys: list of M (B, L_m, H), values: list of M (B, L_m, H),
+    ``project(m, tokens (B, L_m, H)) -> (keys, values)`` each channels-major ``(B, H, L_m)`` for
+    modality index ``m`` (presence-free, done in the model's ``encode``; channels-major so that each
+    head's scores and weighted values are plain batched products over its own channels), then
+    ``forward(proxy (B, H), keys: list of M (B, H, L_m), values: list of M (B, H, L_m),
     token_masks: list of M bool (B, L_m), True = valid key) -> (refined proxy (B, H), modality
     attention mass (B, M))``, the mass being the head-averaged attention each modality's steps
     receive, summing to 1 per row. Every row needs at least one valid key. A modality missing
@@ -49,13 +50,16 @@ class ProxyCrossModalAttention(nn.Module):
                                  nn.Linear(2 * hidden_dim, hidden_dim))
         self.norm2 = nn.LayerNorm(hidden_dim)
         self.dropout = nn.Dropout(dropout)
-        # (nh, H) one-hot: which head each channel belongs to (a constant, not saved in checkpoints)
-        head_channels = torch.repeat_interleave(torch.eye(num_heads), hidden_dim // num_heads, dim=1)
-        self.register_buffer("head_channels", head_channels, persistent=False)
 
     def project(self, m: int, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        """Keys ``k_proj(tokens + type_embed[m])`` and values ``v_proj(tokens)``, each (B, L_m, H)."""
-        return self.k_proj(tokens + self.type_embed[m]), self.v_proj(tokens)
+        """Keys ``k_proj(tokens + type_embed[m])`` and values ``v_proj(tokens)``, each channels-major
+        ``(B, H, L_m)`` = ``(B, nh, H / nh, L_m)`` head by head, made in that layout by the product
+        itself (no transposed copy)."""
+        def channels_major(linear: nn.Linear, x: Tensor) -> Tensor:  # linear(x) as (B, H, L)
+            B, L, _ = x.shape
+            return torch.baddbmm(linear.bias[:, None].expand(B, -1, L), linear.weight.expand(B, -1, -1),
+                                 x.transpose(1, 2))
+        return channels_major(self.k_proj, tokens + self.type_embed[m]), channels_major(self.v_proj, tokens)
 
     def forward(self, proxy: Tensor, keys: list[Tensor | None], values: list[Tensor | None],
                 token_masks: list[Tensor | None]) -> tuple[Tensor, Tensor]:
@@ -64,31 +68,29 @@ class ProxyCrossModalAttention(nn.Module):
         used = [i for i, k in enumerate(keys) if k is not None]  # None: missing from every row, skipped
         B = keys[used[0]].shape[0]
         G = GB // B  # G groups of B queries share the keys and values (one per presence pattern)
-        # the queries as a block-diagonal (B, H, G * nh): column g * nh + h holds group g's query of
-        # head h in head h's channels
-        q = (self.q_proj(proxy) / math.sqrt(hd)).unsqueeze(-1) * self.head_channels.t().to(proxy.dtype)
-        q = q.view(G, B, H, nh).permute(1, 2, 0, 3).reshape(B, H, G * nh)
-        # keys and values are read in their stored (B, L_m, H) layout, never transposed or copied:
-        # every group's and head's scores in one batched product (B, L_m, H) @ (B, H, G * nh)
+        # every group's query of head h of sample b in one block of rows: (B * nh, G, hd)
+        q = (self.q_proj(proxy) / math.sqrt(hd)).view(G, B, nh, hd).permute(1, 2, 0, 3).reshape(B * nh, G, hd)
+        # the masks as (B, 1, G, L_m), the layout of the scores (B, nh, G, L_m)
+        valid = {i: token_masks[i].view(G, B, -1).transpose(0, 1).unsqueeze(1) for i in used}
         scores = []
         for i in used:
-            s = torch.bmm(keys[i], q)  # (B, L_m, G * nh); under autocast bmm casts both
-            s = s.view(B, -1, G, nh).permute(2, 0, 3, 1).reshape(GB, nh, -1)  # (G * B, nh, L_m)
-            scores.append(s.masked_fill(~token_masks[i][:, None, :], float("-inf")))
+            L = keys[i].shape[-1]
+            s = torch.bmm(q, keys[i].reshape(B * nh, hd, L))  # (B * nh, G, L); under autocast bmm casts both
+            scores.append(s.view(B, nh, G, L).masked_fill(~valid[i], float("-inf")))
         sizes = [s.shape[-1] for s in scores]
-        attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (G * B, nh, L)
-        out = proxy.new_zeros(GB, nh, H)
+        attn = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # (B, nh, G, L)
+        out = proxy.new_zeros(B, nh, hd, G)
         for a, i in zip(self.dropout(attn).split(sizes, dim=-1), used):
-            a = a.reshape(G, B, nh, -1).permute(1, 0, 2, 3).reshape(B, G * nh, -1)  # (B, G * nh, L_m)
-            part = torch.bmm(a, values[i]).view(B, G, nh, H)  # every head's weights over all channels
-            part = part.permute(1, 0, 2, 3).reshape(GB, nh, H)
+            # (B * nh, hd, L_m) @ (B * nh, L_m, G): each head's values weighted by its own attention
+            part = torch.bmm(values[i].reshape(B * nh, hd, -1), a.reshape(B * nh, G, -1).transpose(1, 2))
             # a modality without a valid key contributes exactly 0, whatever its values hold
-            out = out + torch.where(token_masks[i].any(dim=1)[:, None, None], part, 0.0)
-        out = (out * self.head_channels.to(out.dtype)).sum(1)  # head h keeps its own channels: (G * B, H)
+            has_key = valid[i].any(dim=-1).view(B, 1, 1, G)
+            out = out + torch.where(has_key, part.view(B, nh, hd, G), 0.0)
+        out = out.permute(3, 0, 1, 2).reshape(GB, H)  # row g * B + b, heads side by side
 
         p = self.norm1(proxy + self.dropout(self.out_proj(out)))
         p = self.norm2(p + self.dropout(self.ffn(p)))
 
-        per_step = attn.mean(dim=1)  # (G * B, L)
+        per_step = attn.mean(dim=1).transpose(0, 1).reshape(GB, -1)  # (G * B, L), head-averaged
         mass = dict(zip(used, (chunk.sum(dim=-1) for chunk in per_step.split(sizes, dim=-1))))
         return p, torch.stack([mass[i] if i in mass else proxy.new_zeros(GB) for i in range(len(keys))], dim=-1)

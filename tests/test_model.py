@@ -37,7 +37,7 @@ def test_output_shapes(encoder: str, lengths: tuple[int, int, int]) -> None:
     batch = make_batch(4, lengths)
     states = model.encode(batch)
     for i, m in enumerate(MODALITIES):
-        assert states[f"{m}_keys"].shape == states[f"{m}_values"].shape == (4, lengths[i], 32)
+        assert states[f"{m}_keys"].shape == states[f"{m}_values"].shape == (4, 32, lengths[i])  # channels-major
         assert states[f"{m}_token_mask"].shape == (4, lengths[i])
         assert states[f"{m}_pooled_input"].shape == (4, DIMS[m])
         for key in ("mu", "logvar", "std", "z"):
