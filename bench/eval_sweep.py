@@ -15,13 +15,13 @@ sweep: ``Evaluator.sweep`` with the 8 default rates and no frame-level rates: on
 the fusion for 15 masks (8 rates + 7 subsets) and their metrics (all 15 in one batched call,
 ``sentiment_metrics_many``, with P(positive), Brier, NLL and the ECE band). Because ``encode`` never
 reads presence, the sweep re-uses the encoded states; and because the 15 masks hold only 7
-presence patterns, each chunk is fused once per pattern (7 passes, each skipping the proxy
-attention's work for the modalities its pattern lacks) and every mask takes its rows from those.
-Target: <= 1.5x.
+presence patterns, each chunk is fused under those 7 patterns only (``Evaluator.group_patterns``,
+the default: every 256 rows under all their patterns in one call) and every mask takes its rows
+from those. Target: <= 1.5x.
 
-The sweep is also timed with the other choice of ``Evaluator.group_patterns`` (on the CPU: all
-patterns of a chunk grouped in one call; on CUDA, where grouping is the default: one pass per
-pattern), reported without a target.
+The sweep is also timed with the other choice of ``Evaluator.group_patterns`` (one pass per
+pattern, each skipping the proxy attention's work for the modalities its pattern lacks), reported
+without a target.
 
 Test-time adaptation (``--tta tent``, one step, batches of 32) is timed against the same sweep
 without it: ``fusion`` adapts fuse-side parameters and reuses the encoded states; ``norm`` includes

@@ -29,7 +29,7 @@ def test_pattern_table_inverts_presence_patterns():
                                                 ("tfn", False), ("tfn", True)])
 def test_fuse_many_by_pattern_equals_one_fuse_per_mask(model_name, grouped):
     # 11 masks over 7 patterns, 600 rows in two evaluation chunks: the by-pattern path runs, one
-    # pass per pattern or (grouped, as on CUDA) all patterns in one call where the model can
+    # pass per pattern or (grouped, the default) all patterns in one call per 256 rows where the model can
     ev, test = _evaluator(model_name)
     ev.group_patterns = grouped
     presences = [modality_masks(test.n, p) for p in (0.0, 0.3, 0.5, 0.7)] + [subset_masks(test.n, s) for s in SUBSETS]

@@ -43,6 +43,7 @@ class Fused:
 
 
 EVAL_BATCH = 512  # rows encoded at once in evaluation (at least the training batch size)
+GROUP_ROWS = 256  # rows of one grouped pattern pass (each fused under up to 7 patterns at once)
 
 
 def _eval_rows(batch_size: int) -> int:
@@ -96,11 +97,11 @@ class Evaluator:
     ``calibration``: the validation-fitted ``Calibration`` applied to ``sweep`` (none: raw outputs);
     ``autocast``: bfloat16 autocast of ``encode``/``fuse``/``sweep``; ``tta``: test-time adaptation
     on every batch of every ``fuse``/``sweep`` pass (``training/tta.py``). ``validation_score`` (best
-    epoch, tuning) and calibration fitting use none of the three. ``group_patterns``: fuse a chunk
-    under all its presence patterns in one call where the model can (``fuses_groups``); on a GPU the
-    pattern passes are bound by kernel launches, on the CPU by arithmetic, where one pass per
-    pattern, skipping the modalities it lacks, measured as fast or faster (``from_config``: on CUDA
-    only; ``bench/README.md``).
+    epoch, tuning) and calibration fitting use none of the three. ``group_patterns`` (the default of
+    ``from_config``): fuse ``GROUP_ROWS`` rows of a chunk under all their presence patterns in one
+    call where the model can (``fuses_groups``), instead of one pass per pattern that skips the
+    modalities the pattern lacks; on a GPU the passes are bound by kernel launches, and on the CPU
+    the grouped calls measured as fast or faster (``bench/README.md``).
     """
 
     model: nn.Module
@@ -118,7 +119,7 @@ class Evaluator:
                     tta: Tent | None = None) -> Evaluator:
         """The evaluator of a run of ``cfg`` (batch size, task, classes; autocast with ``amp`` on CUDA)."""
         return cls(model, device, cfg.batch_size, cfg.task, cfg.num_classes, calibration,
-                   bool(cfg.amp and device.type == "cuda"), tta, device.type == "cuda")
+                   bool(cfg.amp and device.type == "cuda"), tta, True)
 
     @torch.no_grad()
     def encode(self, split: Split) -> dict[str, torch.Tensor]:
@@ -215,10 +216,15 @@ class Evaluator:
         are fused independently of each other, so this equals one pass per mask (up to rounding: the
         pattern is passed on the host, so a model may skip the work of the modalities it lacks)."""
         n = codes.shape[1]
-        if self.group_patterns and getattr(self.model, "fuses_groups", False):  # one call: P * n rows, pattern-major
-            out = self._fuse_chunk(states, torch.from_numpy(np.repeat(PATTERN_PRESENCE[patterns], n, axis=0)),
-                                   autocast)
-            tables = [None if t is None else t.view(len(patterns), n, *t.shape[1:]) for t in out]
+        if self.group_patterns and getattr(self.model, "fuses_groups", False):
+            # one call per GROUP_ROWS rows, each under every pattern (P * rows rows, pattern-major)
+            parts = []
+            for i in range(0, n, GROUP_ROWS):
+                rows = min(GROUP_ROWS, n - i)
+                presence = torch.from_numpy(np.repeat(PATTERN_PRESENCE[patterns], rows, axis=0))
+                out = self._fuse_chunk({k: v[i:i + rows] for k, v in states.items()}, presence, autocast)
+                parts.append([None if t is None else t.view(len(patterns), rows, *t.shape[1:]) for t in out])
+            tables = [None if parts[0][t] is None else torch.cat([p[t] for p in parts], dim=1) for t in range(3)]
         else:
             passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
                       for c in patterns]
