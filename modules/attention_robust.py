@@ -63,7 +63,7 @@ class AttentionRobustV4(MultimodalModel):
     mode ``presence`` may also hold ``G * B`` rows for states of ``B`` (``fuses_groups``): every
     output then has ``G * B`` rows, row ``g * B + b`` being sample ``b`` under presence row
     ``g * B + b``, equal to G separate calls up to rounding; the proxy attention reads the shared
-    keys and values once for all G (the evaluator's grouped pattern passes on a GPU).
+    keys and values once for all G (the evaluator's grouped pattern passes).
 
     ``stack_recurrences`` (``cfg.stack_lstm``): with LSTM encoders, run the directions of all
     modalities of equal length as one block-diagonal LSTM (``modules.encoders.encode_modalities``),

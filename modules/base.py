@@ -20,8 +20,8 @@
 
 A model whose class sets ``fuses_groups = True`` also takes, in eval mode, ``presence (G * B, 3)``
 for states of ``B`` rows: the states fused under G presence blocks in one call, row ``g * B + b``
-of every output being sample ``b`` under block ``g`` (the evaluator uses it for its pattern passes
-on a GPU, where one call of many rows beats many calls).
+of every output being sample ``b`` under block ``g`` (the evaluator uses it for its pattern passes:
+one call of many rows instead of one call per pattern).
 
 ``forward(batch, presence=None)`` is ``fuse(encode(batch), presence or batch["presence"])``.
 The trainer, evaluation and report never branch on which model runs.

@@ -58,8 +58,8 @@ def calibrated_twin(conf: np.ndarray, n_sims: int = TWIN_SIMULATIONS, seed: int 
     """``(n_sims, N)`` bool: the hits of a perfectly calibrated predictor with confidences ``conf (N,)``
     (each prediction correct with probability its confidence), seeded. The uniforms are drawn in
     float32 (the band needs no more precision, and they cost less to draw)."""
-    conf = np.asarray(conf, dtype=np.float64)
-    return _uniforms(len(conf), n_sims, seed) < conf.astype(np.float32)
+    conf = np.asarray(conf, dtype=np.float32)
+    return _uniforms(len(conf), n_sims, seed) < conf
 
 
 def ece_twin_band(p_pos: np.ndarray, n_bins: int = ECE_BINS, n_sims: int = TWIN_SIMULATIONS,
