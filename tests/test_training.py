@@ -754,10 +754,10 @@ def test_length_buckets_cut_every_training_batch_to_its_longest_row_and_still_le
     forward = trainer.model.forward
 
     def spy(batch):
-        lengths = batch["lengths"].numpy()
+        lengths = batch["lengths"].cpu().numpy()
         for j, m in enumerate(MODALITIES):  # cut to the longest row: no step is padding in every row
             assert batch[m].shape[1] == lengths[:, j].max(), m
-        seen.append(batch["index"].numpy())
+        seen.append(batch["index"].cpu().numpy())
         longest.append(lengths.max())
         return forward(batch)
 

@@ -265,7 +265,8 @@ def test_trials_and_the_validation_block_are_scored_without_the_calibration_fitt
         # the calibration fitted on valid does change the score
         assert abs(tune.objective_value("ece", calibrated) - tune.objective_value("ece", plain)) > 1e-4
         for name, value in scored.items():
-            assert value == pytest.approx(tune.objective_value(name, plain), abs=1e-9)
+            # 1e-6: the run scored on its own device (CUDA where there is one), this on the CPU
+            assert value == pytest.approx(tune.objective_value(name, plain), abs=1e-6)
 
 
 @pytest.mark.slow
