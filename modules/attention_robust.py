@@ -66,8 +66,8 @@ class AttentionRobustV4(MultimodalModel):
     keys and values once for all G (the evaluator's grouped pattern passes).
 
     ``stack_recurrences`` (``cfg.stack_lstm``): with LSTM encoders, run the directions of all
-    modalities of equal length as one block-diagonal LSTM (``modules.encoders.encode_modalities``),
-    for a GPU, where an LSTM over a long sequence at small batch is bound by its steps.
+    modalities of equal length as one block-diagonal LSTM (``modules.encoders.encode_modalities``;
+    fewer sequential steps, more arithmetic: measured slower at the MOSEI shape, ``modules.stacked_lstm``).
     """
 
     fuses_groups = True

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from modules.pooling import direction_inputs, join_directions, length_mask, masked_mean
-from modules.stacked_lstm import lstm, stacked_lstm
+from modules.stacked_lstm import run_lstms
 
 LOGVAR_MIN = -10.0
 LOGVAR_MAX = 10.0
@@ -140,26 +140,26 @@ class VariationalLSTMEncoder(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> dict[str, Tensor]:
         inputs, weights, context = self.streams(x, lengths)
-        return self.finish([lstm(seq, w, self.training) for seq, w in zip(inputs, weights)], context)
+        return self.finish(run_lstms(inputs, weights, self.training), context)
 
 
 def encode_modalities(encoders: Mapping[str, nn.Module], inputs: Mapping[str, Tensor], lengths: Tensor,
                       stack: bool = False) -> dict[str, dict[str, Tensor]]:
     """``{m: encoders[m](inputs[m], lengths[:, i])}`` for the i-th modality ``m`` of ``encoders``.
 
-    ``stack``: the LSTM encoders' one-directional runs of equal length run as one block-diagonal
-    LSTM (``modules.stacked_lstm``): at the MOSEI shape 2 sequential runs (text; audio and vision)
-    instead of 6. The outputs equal the unstacked ones up to rounding; it pays where the steps,
-    not the arithmetic, bound the time (a GPU at small batch), and costs on a CPU.
+    The LSTM encoders' one-directional runs all go through one ``modules.stacked_lstm.run_lstms``
+    call (one piece outside a compiled graph); ``stack``: those of equal length run as one
+    block-diagonal LSTM, at the MOSEI shape 2 sequential runs (text; audio and vision) instead of 6,
+    with outputs equal to the unstacked ones up to rounding.
     """
     names = list(encoders)
-    stacked = [m for m in names if stack and isinstance(encoders[m], VariationalLSTMEncoder)]
-    out = {m: encoders[m](inputs[m], lengths[:, i]) for i, m in enumerate(names) if m not in stacked}
-    if stacked:
-        prepared = {m: encoders[m].streams(inputs[m], lengths[:, names.index(m)]) for m in stacked}
-        runs = iter(stacked_lstm([seq for m in stacked for seq in prepared[m][0]],
-                                 [w for m in stacked for w in prepared[m][1]], encoders[stacked[0]].training))
-        for m in stacked:
+    recurrent = [m for m in names if isinstance(encoders[m], VariationalLSTMEncoder)]
+    out = {m: encoders[m](inputs[m], lengths[:, i]) for i, m in enumerate(names) if m not in recurrent}
+    if recurrent:
+        prepared = {m: encoders[m].streams(inputs[m], lengths[:, names.index(m)]) for m in recurrent}
+        runs = iter(run_lstms([seq for m in recurrent for seq in prepared[m][0]],
+                              [w for m in recurrent for w in prepared[m][1]], encoders[recurrent[0]].training, stack))
+        for m in recurrent:
             out[m] = encoders[m].finish([next(runs) for _ in prepared[m][0]], prepared[m][2])
     return {m: out[m] for m in names}
 

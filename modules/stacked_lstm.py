@@ -1,14 +1,19 @@
-"""Several independent one-layer LSTMs run as one: a block-diagonal LSTM over their concatenated inputs.
+"""The one-directional LSTM runs of a forward, all at once, and optionally stacked as one
+block-diagonal LSTM over their concatenated inputs.
 
-On a GPU at small batch an LSTM over a long sequence is bound by its sequential steps (one small
-kernel per step and direction), not by arithmetic. A bidirectional encoder per modality runs six
-one-directional LSTMs per batch (two directions of text, audio and vision), one after the other.
-Stacked, those of equal length run as a single LSTM whose ``sum(u_k)`` units hold every stream's
-units side by side: its weights are block-diagonal, so no stream's gates ever read another's input
-or state, and its per-step states split back into each stream's, equal to the separate runs up to
-rounding. The steps then run once per distinct length instead of once per stream, at ``K`` times
-the arithmetic of the recurrent product (the zero blocks are multiplied too), which pays on a GPU
-and not on a CPU.
+``run_lstms`` runs every LSTM run of a forward (two directions each of text, audio and vision) as one
+piece that ``torch.compile`` leaves out of its graphs: dynamo does not trace cuDNN's LSTM (traced,
+torch decomposes it into one small op per step) and inductor fails on the CPU's
+``mkldnn_rnn_layer``. One piece instead of one per run: the compiled forward breaks once, not six
+times.
+
+Stacked (``--stack_lstm``), the runs of equal length become a single LSTM whose ``sum(u_k)`` units
+hold every run's units side by side: its weights are block-diagonal, so no run's gates ever read
+another's input or state, and its per-step states split back into each run's, equal to the separate
+runs up to rounding. The steps then run once per distinct length instead of once per run, at ``K``
+times the arithmetic of the recurrent product (the zero blocks are multiplied too). Measured at the
+MOSEI shape it is slower on the CPU (0.66x) and on an H200 without compilation (0.39x): cuDNN runs
+the wide block-diagonal recurrence slower than the separate narrow ones (``bench/README.md``).
 
 Weights follow ``torch.nn.LSTM``: per stream ``(w_ih (4u, D), w_hh (4u, u), b_ih (4u,), b_hh (4u,))``
 with the gates stacked in the order input, forget, cell, output.
@@ -27,14 +32,12 @@ from torch import Tensor
 GATES = 4  # nn.LSTM's gate blocks per weight: input, forget, cell, output
 
 
-@torch.compiler.disable  # left out of compiled graphs, as dynamo leaves cuDNN's; inductor failed on the CPU's
 def lstm(x: Tensor, weights: Sequence[Tensor], train: bool) -> Tensor:
     """One one-directional, one-layer LSTM from zero state: ``x (B, L, D) -> per-step states (B, L, u)``."""
     zeros = x.new_zeros(1, x.shape[0], weights[1].shape[1])
     return torch.lstm(x, (zeros, zeros), list(weights), True, 1, 0.0, train, False, True)[0]
 
 
-@torch.compiler.disable  # a constant: made once per stream shapes and device, left out of compiled graphs
 @functools.lru_cache(maxsize=64)
 def _layout(shapes: tuple[tuple[tuple[int, ...], ...], ...], device: torch.device) -> Tensor:
     """Where each entry of ``block_diagonal_weights``' output comes from: an index into the K streams'
@@ -69,12 +72,17 @@ def block_diagonal_weights(weights: Sequence[Sequence[Tensor]]) -> list[Tensor]:
     return [w_ih.view(GATES * U, D), w_hh.view(GATES * U, U), b_ih, b_hh]
 
 
-def stacked_lstm(inputs: Sequence[Tensor], weights: Sequence[Sequence[Tensor]], train: bool) -> list[Tensor]:
-    """``[lstm(inputs[k], weights[k]) for k]`` with the streams of equal length run as one LSTM.
+@torch.compiler.disable  # all the runs of a forward as one piece left out of compiled graphs (see above)
+def run_lstms(inputs: Sequence[Tensor], weights: Sequence[Sequence[Tensor]], train: bool,
+              stack: bool = False) -> list[Tensor]:
+    """``[lstm(inputs[k], weights[k], train) for k]``; with ``stack``, the streams of equal length run
+    as one LSTM (``block_diagonal_weights``).
 
     ``inputs[k] (B, L_k, D_k)`` share ``B`` and dtype; returns the per-step states ``(B, L_k, u_k)``
-    in the order given, equal to the separate runs up to rounding.
+    in the order given (stacked: equal to the separate runs up to rounding).
     """
+    if not stack:
+        return [lstm(x, w, train) for x, w in zip(inputs, weights)]
     out: list[Tensor | None] = [None] * len(inputs)
     for length in dict.fromkeys(x.shape[1] for x in inputs):  # each distinct length once, in order
         group = [k for k, x in enumerate(inputs) if x.shape[1] == length]

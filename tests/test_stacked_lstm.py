@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from attention_robust_v4 import MODALITIES, AttentionRobustV4
-from modules.stacked_lstm import block_diagonal_weights, lstm, stacked_lstm
+from modules.stacked_lstm import block_diagonal_weights, lstm, run_lstms
 from tests.helpers import DIMS, make_batch
 from training.config import Config, ConfigError
 
@@ -28,7 +28,7 @@ def streams() -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
 def test_stacked_lstm_equals_separate_runs_with_their_gradients() -> None:
     inputs, weights = streams()
     alone = [lstm(x, w, True) for x, w in zip(inputs, weights)]
-    together = stacked_lstm(inputs, weights, True)
+    together = run_lstms(inputs, weights, True, stack=True)
     assert [t.shape for t in together] == [(4, 7, 4), (4, 7, 6), (4, 3, 4), (4, 7, 3)]
     for a, t in zip(alone, together):
         torch.testing.assert_close(t, a)
@@ -42,9 +42,9 @@ def test_stacked_lstm_equals_separate_runs_with_their_gradients() -> None:
 
 def test_a_stacked_stream_never_reads_another_streams_input() -> None:
     inputs, weights = streams()
-    before = stacked_lstm(inputs, weights, False)
+    before = run_lstms(inputs, weights, False, stack=True)
     inputs[1] = inputs[1] * 100 + 5  # a stream of the same length as streams 0 and 3
-    after = stacked_lstm(inputs, weights, False)
+    after = run_lstms(inputs, weights, False, stack=True)
     for k in (0, 2, 3):
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=1e-6)
     assert not torch.allclose(after[1], before[1])
@@ -76,7 +76,6 @@ def test_stacked_recurrences_give_the_model_the_same_states_and_gradients(bidire
         calls.append(x.shape[1])
         return lstm(x, weights, train)
 
-    monkeypatch.setattr("modules.encoders.lstm", counted)
     monkeypatch.setattr("modules.stacked_lstm.lstm", counted)
     cfg = Config(encoder="lstm", hidden_dim=16, num_heads=4, dropout=0.0, bidirectional=bidirectional)
     torch.manual_seed(0)

@@ -824,7 +824,11 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, 
                  epochs=8, train_missing_rate=0.0, lr=3e-3)
     trainer = Trainer(cfg, data, 7, tmp_path, progress=False)
     assert trainer.forward is not trainer.model
+    torch._dynamo.utils.counters.clear()
     losses = [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs)]
+    breaks = list(torch._dynamo.utils.counters["graph_break"])
+    # the LSTM runs, all in one piece (modules.stacked_lstm.run_lstms), are the only graph break
+    assert all("run_lstms" in b for b in breaks), breaks
     assert all(np.isfinite(losses)) and losses[-1] < 0.9 * losses[0], losses
     trainer.save_last()
     saved = torch.load(tmp_path / "last.pt", weights_only=False)["model"]

@@ -176,9 +176,9 @@ class Config:
                       ["none", "default", "reduce-overhead"], group="run", kind="resumable")
     stack_lstm: bool = _f(False, "with --encoder lstm, run the LSTM directions of all modalities of equal length "
                           "as one block-diagonal LSTM: the same outputs up to rounding in 2 sequential runs "
-                          "instead of 6 at the MOSEI shape, at several times the recurrent arithmetic; meant for "
-                          "a GPU, where an LSTM over long sequences at small batch is bound by its steps (slower "
-                          "on a CPU)", group="run", kind="resumable")
+                          "instead of 6 at the MOSEI shape, at several times the recurrent arithmetic; measured "
+                          "slower there (0.66x on a 2-core CPU, 0.39x on an H200 without --compile), "
+                          "hence off by default", group="run", kind="resumable")
     # ---- evaluation -------------------------------------------------------------------------
     eval_missing_rates: list[float] = _f(DEFAULT_RATES, "random modality-missing rates of the test sweep",
                                          group="eval")

@@ -227,7 +227,10 @@ class Trainer:
         if self.forward is self.model:
             return self.model(batch)
         try:
-            return self.forward(batch)
+            # allow_rnn: dynamo may read the LSTM encoders' nn.LSTM weights without a graph break; the
+            # runs themselves stay outside the graph (modules.stacked_lstm.run_lstms)
+            with torch._dynamo.config.patch(allow_rnn=True):
+                return self.forward(batch)
         except torch._dynamo.exc.TorchDynamoException as err:
             inner = getattr(err, "inner_exception", None) or err
             first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
