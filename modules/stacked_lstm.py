@@ -2,8 +2,8 @@
 block-diagonal LSTM over their concatenated inputs.
 
 ``run_lstms`` runs every LSTM run of a forward (two directions each of text, audio and vision) as one
-piece that ``torch.compile`` leaves out of its graphs: dynamo does not trace cuDNN's LSTM (traced,
-torch decomposes it into one small op per step) and inductor fails on the CPU's
+piece that ``torch.compile`` leaves out of its graphs: traced, torch decomposes an LSTM on CUDA
+into small ops per step instead of one cuDNN call, and inductor fails on the CPU's
 ``mkldnn_rnn_layer``. One piece instead of one per run: the compiled forward breaks once, not six
 times.
 
