@@ -202,6 +202,37 @@ def test_eval_only_on_another_file_uses_the_saved_statistics(finished_run, tmp_p
     assert "modality missing rate p" in capsys.readouterr().out
 
 
+def test_step_diagnostics_average_each_modality_over_the_rows_that_have_it():
+    import torch
+
+    from training.trainer import step_diagnostics
+
+    weights = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.4, 0.0], [1.0, 0.0, 0.0]])
+    presence = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
+    names, values = step_diagnostics({"fusion_weights": weights, "mask_rate": torch.tensor(0.25),
+                                      "fused_std": torch.tensor([1.0, 2.0, 6.0])}, presence)
+    assert names == ["fusion_weights/text", "fusion_weights/audio", "fusion_weights/vision", "mask_rate",
+                     "fused_std"]
+    # audio: rows 0 and 2 only; vision: no row has it, so 0 whatever its weights say
+    torch.testing.assert_close(values, torch.tensor([0.6, 0.15, 0.0, 0.25, 3.0], dtype=torch.float64))
+    assert step_diagnostics({}, presence)[1].shape == (0,)
+
+
+def test_an_epochs_total_loss_is_the_sum_of_its_terms_and_every_diagnostic_is_reported(tmp_path):
+    from datasets import MODALITIES, make_synthetic
+    from training.config import Config
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=40, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
+    trainer = Trainer(Config(hidden_dim=16, num_heads=2, batch_size=8, epochs=1), data, 7, tmp_path, progress=False)
+    stats = trainer.train_epoch()
+    terms = [k for k in stats if k.startswith("loss/") and k != "loss/total"]
+    assert {"loss/reg", "loss/cls", "loss/recon", "loss/kl", "loss/contrastive"} <= set(terms)
+    assert stats["loss/total"] == pytest.approx(sum(stats[k] for k in terms), rel=1e-6)
+    assert {f"diag/fusion_weights/{m}" for m in MODALITIES} | {"diag/aecf_mask_rate", "diag/fused_std"} <= set(stats)
+    assert all(np.isfinite(v) for v in stats.values())
+
+
 def test_nan_in_features_is_refused_with_a_clear_error(tmp_path, capsys):
     def corrupt(d):
         d["valid"]["audio"][3, 0, 1] = np.nan

@@ -121,9 +121,25 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, steps_per_epo
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _host(values: dict[str, torch.Tensor]) -> list[float]:
-    """The 0-d tensors of ``values`` as floats, in one device-to-host copy."""
-    return torch.stack(list(values.values())).tolist() if values else []
+def step_diagnostics(diagnostics: dict[str, torch.Tensor], presence: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """One training step's diagnostics as names and one float64 vector, in a few kernels.
+
+    A per-modality value ``(B, 3)`` (e.g. fusion weights) becomes one entry per modality,
+    ``"{key}/{modality}"``: its mean over the rows where that modality is present (``presence (B, 3)``
+    bool), 0 where no row has it. Any other value (a scalar, or one per row) becomes its mean.
+    """
+    per = [k for k, v in diagnostics.items() if v.dim() == 2 and v.shape[1] == len(MODALITIES)]
+    rest = [k for k in diagnostics if k not in per]
+    parts = []
+    if per:
+        sel = presence.float()
+        count = sel.sum(0)
+        values = torch.stack([diagnostics[k].detach().float() for k in per])  # (K, B, 3)
+        parts.append(torch.where(count > 0, (values * sel).sum(1) / count.clamp(min=1), 0.0).reshape(-1))
+    if rest:
+        parts.append(torch.stack([diagnostics[k].detach().float().mean() for k in rest]))
+    names = [f"{k}/{m}" for k in per for m in MODALITIES] + rest
+    return names, (torch.cat(parts) if parts else presence.new_zeros(0, dtype=torch.float)).double()
 
 
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.AdamW:
@@ -284,8 +300,11 @@ class Trainer:
             order = torch.from_numpy(length_bucketed(order.numpy(), lengths, cfg.batch_size, self.loader_gen))
         order_host, order = order.numpy(), order.to(dev, non_blocking=True)
         drops = self._epoch_presence([s.stop - s.start for s in slices]).to(dev, non_blocking=True)
-        sums: dict[str, torch.Tensor] = {}
-        diag_sums: dict[str, torch.Tensor] = {}
+        # summed over the epoch on the device, read once at its end: the total loss and every term;
+        # the diagnostics (step_diagnostics)
+        sums: torch.Tensor | None = None
+        diag_names: list[str] = []
+        diag_sums: torch.Tensor | None = None
         # off the CPU, non-finite terms are found without a host sync: per term, the first global
         # step where it was not finite (-1: never) and its value there, read once after the epoch
         lazy = not finite_check_per_step(dev)
@@ -305,9 +324,9 @@ class Trainer:
                 if cfg.distill_weight > 0:
                     terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
             terms = {k: v.float() for k, v in terms.items()}
+            values = torch.stack(list(terms.values()))  # one tensor for the loss, the sums and the NaN record
             if lazy:
                 step_no += 1
-                values = torch.stack(list(terms.values()))
                 if first_bad is None:
                     first_bad, first_value = torch.full_like(values, -1, dtype=torch.long), values.detach().clone()
                 new = (first_bad < 0) & ~torch.isfinite(values)
@@ -315,7 +334,7 @@ class Trainer:
                 first_value = torch.where(new, values.detach(), first_value)
             else:  # free on the host
                 self._check_finite(terms)
-            loss = sum(terms.values())
+            loss = values.sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -324,18 +343,10 @@ class Trainer:
             if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 self.scheduler.step()
             self.global_step += 1
-            for k, v in {"total": loss, **terms}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().double()
-            for k, v in out.get("diagnostics", {}).items():
-                v = v.detach().float()
-                if v.dim() == 2 and v.shape[1] == 3:  # per-modality weights: mean where present (0 if none)
-                    sel = batch["presence"].to(v.dtype)
-                    count = sel.sum(0)
-                    mean = torch.where(count > 0, (v * sel).sum(0) / count.clamp(min=1), 0.0).double()
-                    for i, m in enumerate(MODALITIES):
-                        diag_sums[f"{k}/{m}"] = diag_sums.get(f"{k}/{m}", 0.0) + mean[i]
-                else:
-                    diag_sums[k] = diag_sums.get(k, 0.0) + v.mean().double()
+            step_sums = torch.cat([loss.detach()[None], values.detach()]).double()
+            sums = step_sums if sums is None else sums + step_sums
+            diag_names, diag = step_diagnostics(out.get("diagnostics", {}), batch["presence"])
+            diag_sums = diag if diag_sums is None else diag_sums + diag
             if self.progress and self.global_step % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
         n_batches = max(1, len(slices))
@@ -344,8 +355,10 @@ class Trainer:
             if bad:
                 step, name, value = min(bad, key=lambda b: b[0])  # the earliest; ties in the terms' order
                 raise self._non_finite(name, value, self.epoch + 1, step)
-        stats = {f"loss/{k}": v / n_batches for k, v in zip(sums, _host(sums))}
-        stats.update({f"diag/{k}": v / n_batches for k, v in zip(diag_sums, _host(diag_sums))})
+        stats = {}
+        if sums is not None:  # one device-to-host copy
+            names = [f"loss/{k}" for k in ("total", *terms)] + [f"diag/{k}" for k in diag_names]
+            stats = {k: v / n_batches for k, v in zip(names, torch.cat([sums, diag_sums]).tolist())}
         stats["lr"] = self.optimizer.param_groups[0]["lr"]
         return stats
 
