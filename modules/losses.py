@@ -153,27 +153,30 @@ def masked_pair_mean(values: Tensor, presence: Tensor) -> Tensor:
 
 
 def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.1, keep: Tensor | None = None) -> Tensor:
-    """Symmetric InfoNCE of paired rows ``a, b (N, P)`` (row i of a matches row i of b).
+    """Symmetric InfoNCE of paired rows ``a, b (..., N, P)`` (row i of a matches row i of b), one loss
+    per leading index: returns ``(...)`` (a scalar for ``(N, P)`` inputs).
 
     Rows are L2-normalised; ``logits = a @ b.T / temperature``;
     ``loss = (CE(logits, arange) + CE(logits.T, arange)) / 2``, each CE averaged over the rows.
-    ``keep (N,)`` bool, if given, restricts everything to the kept rows (equal to selecting them
+    ``keep (..., N)`` bool, if given, restricts everything to the kept rows (equal to selecting them
     first, without a host sync): other rows are neither anchors nor negatives and get no gradient;
     with no kept row the loss is 0.
     """
     if keep is not None:  # dropped rows are zeroed first, so whatever they hold (even NaN) cannot leak
-        a, b = (torch.where(keep[:, None], x, torch.zeros_like(x)) for x in (a, b))
+        a, b = (torch.where(keep[..., None], x, torch.zeros_like(x)) for x in (a, b))
     a = F.normalize(a, dim=-1)
     b = F.normalize(b, dim=-1)
-    logits = a @ b.t() / temperature
-    target = torch.arange(a.shape[0], device=a.device)
+    logits = a @ b.transpose(-1, -2) / temperature  # (..., N, N)
+    n = a.shape[-2]
+    eye = torch.eye(n, dtype=torch.bool, device=a.device)
+    if keep is not None:  # a dropped row keeps only its own diagonal entry: its CE is exactly 0, no gradient
+        logits = logits.masked_fill(~((keep[..., :, None] & keep[..., None, :]) | eye), float("-inf"))
+    target = torch.arange(n, device=a.device).repeat(logits[..., 0, 0].numel())
+    ce = (F.cross_entropy(logits.reshape(-1, n), target, reduction="none")
+          + F.cross_entropy(logits.transpose(-1, -2).reshape(-1, n), target, reduction="none")).view(a.shape[:-1])
     if keep is None:
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
-    # a dropped row keeps only its own diagonal entry: its CE is exactly 0 and carries no gradient
-    pairs = (keep[:, None] & keep[None, :]) | torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
-    logits = logits.masked_fill(~pairs, float("-inf"))
-    ce = F.cross_entropy(logits, target, reduction="none") + F.cross_entropy(logits.t(), target, reduction="none")
-    return 0.5 * ce.sum() / keep.sum().clamp_min(1)
+        return 0.5 * ce.mean(-1)
+    return 0.5 * ce.sum(-1) / keep.sum(-1).clamp_min(1)
 
 
 class ModalityContrastiveLoss(nn.Module):
@@ -194,14 +197,16 @@ class ModalityContrastiveLoss(nn.Module):
             nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, proj_dim))
             for _ in range(num_modalities)
         )
+        # (2, K): the modalities of each of the K pairs (i < j); not saved in checkpoints
+        pairs = list(itertools.combinations(range(num_modalities), 2))
+        self.register_buffer("pairs", torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).t(), persistent=False)
 
     def forward(self, embeddings: Tensor, presence: Tensor) -> Tensor:
-        projected = [head(embeddings[:, m]) for m, head in enumerate(self.heads)]
-        terms, counts = [], []
-        for i, j in itertools.combinations(range(len(self.heads)), 2):
-            both = presence[:, i] & presence[:, j]
-            terms.append(symmetric_info_nce(projected[i], projected[j], self.temperature, keep=both))
-            counts.append(both.sum() >= 2)  # a tensor: no host sync
-        counts = torch.stack(counts)
-        total = torch.where(counts, torch.stack(terms), torch.zeros_like(terms[0])).sum()
+        projected = torch.stack([head(embeddings[:, m]) for m, head in enumerate(self.heads)])  # (M, B, P)
+        first, second = self.pairs
+        both = (presence.index_select(1, first) & presence.index_select(1, second)).t()  # (K, B)
+        terms = symmetric_info_nce(projected.index_select(0, first), projected.index_select(0, second),
+                                   self.temperature, keep=both)  # every pair in one batched call: (K,)
+        counts = both.sum(-1) >= 2  # a tensor: no host sync
+        total = torch.where(counts, terms, torch.zeros_like(terms)).sum()
         return total / counts.sum().clamp_min(1)

@@ -504,6 +504,30 @@ def test_contrastive_uses_only_pairs_with_both_present() -> None:
     assert loss_fn(emb, none) == 0
 
 
+def test_info_nce_over_a_batch_of_pairs_equals_each_pair_alone() -> None:
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 6, 8), torch.randn(3, 6, 8)
+    keep = torch.rand(3, 6) > 0.3
+    batched, plain = symmetric_info_nce(a, b, 0.2, keep=keep), symmetric_info_nce(a, b, 0.2)
+    assert batched.shape == plain.shape == (3,)
+    for k in range(3):
+        torch.testing.assert_close(batched[k], symmetric_info_nce(a[k], b[k], 0.2, keep=keep[k]))
+        torch.testing.assert_close(plain[k], symmetric_info_nce(a[k], b[k], 0.2))
+
+
+def test_contrastive_is_the_mean_over_modality_pairs_of_their_info_nce() -> None:
+    torch.manual_seed(0)
+    loss_fn = ModalityContrastiveLoss(H, 3, proj_dim=8, temperature=0.1)
+    emb = torch.randn(5, 3, H)
+    presence = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1]], dtype=torch.bool)
+    proj = [head(emb[:, m]) for m, head in enumerate(loss_fn.heads)]
+    pairs = [(0, 1), (0, 2), (1, 2)]  # each with 3 rows that have both
+    expected = sum(symmetric_info_nce(proj[i], proj[j], 0.1, keep=presence[:, i] & presence[:, j])
+                   for i, j in pairs) / 3
+    torch.testing.assert_close(loss_fn(emb, presence), expected)
+    assert "pairs" not in loss_fn.state_dict()  # checkpoints hold the heads only
+
+
 def test_contrastive_masked_rows_match_selected_rows_and_get_no_gradient() -> None:
     torch.manual_seed(0)
     a, b = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
