@@ -231,11 +231,14 @@ class Trainer:
         return NonFiniteLossError(f"loss term '{name}' became {value} at epoch {epoch}, step {step} (seed "
                                   f"{self.seed}); {where}; try a lower --lr or --grad_clip")
 
-    def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
-        """Raise at the first non-finite term of this step (one host sync per term: the CPU path)."""
-        for name, value in terms.items():
-            if not torch.isfinite(value).all():
-                raise self._non_finite(name, value.item(), self.epoch + 1, self.global_step + 1)
+    def _check_finite(self, terms: dict[str, torch.Tensor], values: torch.Tensor) -> None:
+        """Raise at the first non-finite term of this step (``values``: the terms stacked; one host
+        sync per step: the CPU path)."""
+        if bool(torch.isfinite(values).all()):
+            return
+        for name, value in zip(terms, values.tolist()):
+            if not math.isfinite(value):
+                raise self._non_finite(name, value, self.epoch + 1, self.global_step + 1)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> dict:
         """The model's training forward, compiled with ``--compile``; a compilation that fails is a
@@ -333,7 +336,7 @@ class Trainer:
                 first_bad = torch.where(new, step_no, first_bad)
                 first_value = torch.where(new, values.detach(), first_value)
             else:  # free on the host
-                self._check_finite(terms)
+                self._check_finite(terms, values)
             loss = values.sum()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
