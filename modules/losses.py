@@ -197,15 +197,15 @@ class ModalityContrastiveLoss(nn.Module):
             nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, proj_dim))
             for _ in range(num_modalities)
         )
-        # (2, K): the modalities of each of the K pairs (i < j); not saved in checkpoints
-        pairs = list(itertools.combinations(range(num_modalities), 2))
-        self.register_buffer("pairs", torch.tensor(pairs, dtype=torch.long).reshape(-1, 2).t(), persistent=False)
 
     def forward(self, embeddings: Tensor, presence: Tensor) -> Tensor:
-        projected = torch.stack([head(embeddings[:, m]) for m, head in enumerate(self.heads)])  # (M, B, P)
-        first, second = self.pairs
-        both = (presence.index_select(1, first) & presence.index_select(1, second)).t()  # (K, B)
-        terms = symmetric_info_nce(projected.index_select(0, first), projected.index_select(0, second),
+        projected = [head(embeddings[:, m]) for m, head in enumerate(self.heads)]
+        # stacked from the list: gathering them with index_select instead crashed inductor's CPU code
+        # in the backward under --compile (torch 2.13: heap corruption)
+        pairs = list(itertools.combinations(range(len(self.heads)), 2))
+        both = torch.stack([presence[:, i] & presence[:, j] for i, j in pairs])  # (K, B)
+        terms = symmetric_info_nce(torch.stack([projected[i] for i, _ in pairs]),
+                                   torch.stack([projected[j] for _, j in pairs]),
                                    self.temperature, keep=both)  # every pair in one batched call: (K,)
         counts = both.sum(-1) >= 2  # a tensor: no host sync
         total = torch.where(counts, terms, torch.zeros_like(terms)).sum()
