@@ -8,6 +8,7 @@ reduces by the mean over the samples (or sample-modality pairs) that count.
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import torch
@@ -168,10 +169,10 @@ def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.1, keep: Ten
     b = F.normalize(b, dim=-1)
     logits = a @ b.transpose(-1, -2) / temperature  # (..., N, N)
     n = a.shape[-2]
-    eye = torch.eye(n, dtype=torch.bool, device=a.device)
     if keep is not None:  # a dropped row keeps only its own diagonal entry: its CE is exactly 0, no gradient
+        eye = torch.eye(n, dtype=torch.bool, device=a.device)
         logits = logits.masked_fill(~((keep[..., :, None] & keep[..., None, :]) | eye), float("-inf"))
-    target = torch.arange(n, device=a.device).repeat(logits[..., 0, 0].numel())
+    target = torch.arange(n, device=a.device).repeat(math.prod(a.shape[:-2]))  # row i's match: column i
     ce = (F.cross_entropy(logits.reshape(-1, n), target, reduction="none")
           + F.cross_entropy(logits.transpose(-1, -2).reshape(-1, n), target, reduction="none")).view(a.shape[:-1])
     if keep is None:
