@@ -198,12 +198,13 @@ class ModalityContrastiveLoss(nn.Module):
             nn.Sequential(nn.Linear(hidden_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, proj_dim))
             for _ in range(num_modalities)
         )
+        self.pairs = list(itertools.combinations(range(num_modalities), 2))  # (i, j), i < j
 
     def forward(self, embeddings: Tensor, presence: Tensor) -> Tensor:
         projected = [head(embeddings[:, m]) for m, head in enumerate(self.heads)]
         # stacked from the list: gathering them with index_select instead crashed inductor's CPU code
         # in the backward under --compile (torch 2.13: heap corruption)
-        pairs = list(itertools.combinations(range(len(self.heads)), 2))
+        pairs = self.pairs
         both = torch.stack([presence[:, i] & presence[:, j] for i, j in pairs])  # (K, B)
         terms = symmetric_info_nce(torch.stack([projected[i] for i, _ in pairs]),
                                    torch.stack([projected[j] for _, j in pairs]),

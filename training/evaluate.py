@@ -281,7 +281,14 @@ class Evaluator:
         fused = self.fuse_many(split, presences)
         preds, probs = zip(*(self.predictions(f, m) for f, m in zip(fused, presences)))
         p_pos = np.stack([self.positive_scores(f, m) for f, m in zip(fused, presences)])
-        metrics = iter(sentiment_metrics_many(np.stack(preds), split.labels, p_pos))  # every mask's, in one call
+        # every distinct mask's metrics in one call; a mask met again (rate 0 = subset TAV = frame rate 0)
+        # gets a copy of its first one's, so the twin band is not drawn twice for the same predictions
+        first = {}
+        for i, m in enumerate(presences):
+            first.setdefault(m.tobytes(), i)
+        distinct = sorted(first.values())
+        scored = dict(zip(distinct, sentiment_metrics_many(np.stack(preds)[distinct], split.labels, p_pos[distinct])))
+        metrics = iter(dict(scored[first[m.tobytes()]]) for m in presences)
         for p in rates:
             out["missing_rate"][rate_key(p)] = next(metrics)
         for name in SUBSETS:
