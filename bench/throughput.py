@@ -34,7 +34,7 @@ from training.trainer import Trainer
 MODELS: dict[str, dict] = {
     "default": {},
     "lstm": {"encoder": "lstm"},  # six LSTM runs per step, one per direction and modality
-    "lstm+stacked": {"encoder": "lstm", "stack_lstm": True},  # one per distinct length
+    "lstm+stacked": {"encoder": "lstm", "stack_lstm": True},  # one per modality (stack_groups)
     "tfn": {"model": "tfn"},
     "lf_dnn": {"model": "lf_dnn"},
     "ef_lstm": {"model": "ef_lstm"},

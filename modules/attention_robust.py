@@ -65,9 +65,9 @@ class AttentionRobustV4(MultimodalModel):
     ``g * B + b``, equal to G separate calls up to rounding; the proxy attention reads the shared
     keys and values once for all G (the evaluator's grouped pattern passes).
 
-    ``stack_recurrences`` (``cfg.stack_lstm``): with LSTM encoders, run the directions of all
-    modalities of equal length as one block-diagonal LSTM (``modules.encoders.encode_modalities``;
-    fewer sequential steps, more arithmetic: measured slower at the MOSEI shape, ``modules.stacked_lstm``).
+    ``stack_recurrences`` (``cfg.stack_lstm``): with LSTM encoders, run LSTM directions of equal
+    length as block-diagonal LSTMs of at most 128 units (``modules.encoders.encode_modalities``;
+    fewer sequential runs, more arithmetic: ``modules.stacked_lstm``).
     """
 
     fuses_groups = True

@@ -148,9 +148,9 @@ def encode_modalities(encoders: Mapping[str, nn.Module], inputs: Mapping[str, Te
     """``{m: encoders[m](inputs[m], lengths[:, i])}`` for the i-th modality ``m`` of ``encoders``.
 
     The LSTM encoders' one-directional runs all go through one ``modules.stacked_lstm.run_lstms``
-    call (one piece outside a compiled graph); ``stack``: those of equal length run as one
-    block-diagonal LSTM, at the MOSEI shape 2 sequential runs (text; audio and vision) instead of 6,
-    with outputs equal to the unstacked ones up to rounding.
+    call (one piece outside a compiled graph); ``stack``: those of equal length run as block-diagonal
+    LSTMs of at most 128 units (``modules.stacked_lstm.stack_groups``), at the default width one run
+    per modality instead of two, with outputs equal to the unstacked ones up to rounding.
     """
     names = list(encoders)
     recurrent = [m for m in names if isinstance(encoders[m], VariationalLSTMEncoder)]

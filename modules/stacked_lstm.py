@@ -7,13 +7,19 @@ into small ops per step instead of one cuDNN call, and inductor fails on the CPU
 ``mkldnn_rnn_layer``. One piece instead of one per run: the compiled forward breaks once, not six
 times.
 
-Stacked (``--stack_lstm``), the runs of equal length become a single LSTM whose ``sum(u_k)`` units
-hold every run's units side by side: its weights are block-diagonal, so no run's gates ever read
-another's input or state, and its per-step states split back into each run's, equal to the separate
-runs up to rounding. The steps then run once per distinct length instead of once per run, at ``K``
-times the arithmetic of the recurrent product (the zero blocks are multiplied too). Measured at the
-MOSEI shape it is slower on the CPU (0.66x) and on an H200 without compilation (0.39x): cuDNN runs
-the wide block-diagonal recurrence slower than the separate narrow ones (``bench/README.md``).
+Stacked (``--stack_lstm``), runs of equal length become one LSTM whose units hold those of the runs
+side by side: its weights are block-diagonal, so no run's gates ever read another's input or
+state, and its per-step states split back into each run's, equal to the separate runs up to
+rounding. A stacked LSTM has at most ``PERSISTENT_UNITS`` units (runs are grouped in order while
+their units fit): up to there PyTorch runs a cuDNN LSTM with its persistent small-hidden kernel in
+both directions of autograd (``CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H``: forward up to 192 units,
+backward up to 128); above it, with cuDNN's standard per-step kernels. With the default
+``--hidden_dim 128`` (64 units per direction) that pairs the directions of each modality: at the
+MOSEI shape 3 runs (50, 500 and 500 steps) instead of 6 (2 of 50, 4 of 500). The zero blocks are
+multiplied too: a pair does twice the arithmetic of the recurrent product. The first version,
+without the cap, stacked the four 500-step runs into one of 256 units and measured 0.66x on the
+CPU and 0.39x on an H200 without compilation (``bench/README.md``); by the same heuristics a
+256-unit LSTM gets cuDNN's standard kernels there.
 
 Weights follow ``torch.nn.LSTM``: per stream ``(w_ih (4u, D), w_hh (4u, u), b_ih (4u,), b_hh (4u,))``
 with the gates stacked in the order input, forget, cell, output.
@@ -30,6 +36,9 @@ import torch
 from torch import Tensor
 
 GATES = 4  # nn.LSTM's gate blocks per weight: input, forget, cell, output
+# the most units of a stacked LSTM: PyTorch's cuDNN path picks the persistent small-hidden LSTM kernel
+# up to 128 units in the backward (192 in the forward; aten/src/ATen/native/cudnn/RNN.cpp, get_algo)
+PERSISTENT_UNITS = 128
 
 
 def lstm(x: Tensor, weights: Sequence[Tensor], train: bool) -> Tensor:
@@ -72,11 +81,27 @@ def block_diagonal_weights(weights: Sequence[Sequence[Tensor]]) -> list[Tensor]:
     return [w_ih.view(GATES * U, D), w_hh.view(GATES * U, U), b_ih, b_hh]
 
 
+def stack_groups(lengths: Sequence[int], units: Sequence[int], max_units: int = PERSISTENT_UNITS) -> list[list[int]]:
+    """Which runs ``run_lstms`` stacks: runs ``k`` of length ``lengths[k]`` and ``units[k]`` units, as
+    groups of indices. Each distinct length in order of first appearance; its runs in order, a group
+    taking the next run while their units stay within ``max_units`` (a wider run is alone)."""
+    groups: list[list[int]] = []
+    for length in dict.fromkeys(lengths):
+        group: list[int] = []
+        for k in (k for k, n in enumerate(lengths) if n == length):
+            if group and sum(units[j] for j in group) + units[k] > max_units:
+                groups.append(group)
+                group = []
+            group.append(k)
+        groups.append(group)
+    return groups
+
+
 @torch.compiler.disable  # all the runs of a forward as one piece left out of compiled graphs (see above)
 def run_lstms(inputs: Sequence[Tensor], weights: Sequence[Sequence[Tensor]], train: bool,
-              stack: bool = False) -> list[Tensor]:
-    """``[lstm(inputs[k], weights[k], train) for k]``; with ``stack``, the streams of equal length run
-    as one LSTM (``block_diagonal_weights``).
+              stack: bool = False, max_units: int = PERSISTENT_UNITS) -> list[Tensor]:
+    """``[lstm(inputs[k], weights[k], train) for k]``; with ``stack``, the runs of each ``stack_groups``
+    group (equal length, at most ``max_units`` units together) run as one LSTM (``block_diagonal_weights``).
 
     ``inputs[k] (B, L_k, D_k)`` share ``B`` and dtype; returns the per-step states ``(B, L_k, u_k)``
     in the order given (stacked: equal to the separate runs up to rounding).
@@ -84,8 +109,7 @@ def run_lstms(inputs: Sequence[Tensor], weights: Sequence[Sequence[Tensor]], tra
     if not stack:
         return [lstm(x, w, train) for x, w in zip(inputs, weights)]
     out: list[Tensor | None] = [None] * len(inputs)
-    for length in dict.fromkeys(x.shape[1] for x in inputs):  # each distinct length once, in order
-        group = [k for k, x in enumerate(inputs) if x.shape[1] == length]
+    for group in stack_groups([x.shape[1] for x in inputs], [w[1].shape[1] for w in weights], max_units):
         if len(group) == 1:
             out[group[0]] = lstm(inputs[group[0]], weights[group[0]], train)
             continue

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from attention_robust_v4 import MODALITIES, AttentionRobustV4
-from modules.stacked_lstm import block_diagonal_weights, lstm, run_lstms
+from modules.stacked_lstm import PERSISTENT_UNITS, block_diagonal_weights, lstm, run_lstms, stack_groups
 from tests.helpers import DIMS, make_batch
 from training.config import Config, ConfigError
 
@@ -48,6 +48,35 @@ def test_a_stacked_stream_never_reads_another_streams_input() -> None:
     for k in (0, 2, 3):
         torch.testing.assert_close(after[k], before[k], rtol=0, atol=1e-6)
     assert not torch.allclose(after[1], before[1])
+
+
+def test_stacks_hold_at_most_max_units_and_still_equal_separate_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs, weights = streams()  # units 4, 6, 4, 3 at lengths 7, 7, 3, 7
+    calls = []
+
+    def counted(x, w, train):
+        calls.append((x.shape[1], w[1].shape[1]))
+        return lstm(x, w, train)
+
+    monkeypatch.setattr("modules.stacked_lstm.lstm", counted)
+    alone = [lstm(x, w, True) for x, w in zip(inputs, weights)]
+    calls.clear()
+    capped = run_lstms(inputs, weights, True, stack=True, max_units=10)
+    assert calls == [(7, 10), (7, 3), (3, 4)]  # streams 0 + 1 fill 10 units; 3 would overflow them
+    for a, t in zip(alone, capped):
+        torch.testing.assert_close(t, a)
+    calls.clear()
+    run_lstms(inputs, weights, True, stack=True, max_units=5)  # no pair fits: every stream alone
+    assert sorted(calls) == sorted((x.shape[1], w[1].shape[1]) for x, w in zip(inputs, weights))
+
+
+def test_stack_groups_pair_the_default_model_s_directions_at_the_mosei_shape() -> None:
+    # --hidden_dim 128: 64 units per direction; text 50 steps, audio and vision 500, two directions each
+    units = [Config().hidden_dim // 2] * 6
+    assert stack_groups([50, 50, 500, 500, 500, 500], units) == [[0, 1], [2, 3], [4, 5]]
+    assert stack_groups([50, 50, 375, 375, 500, 500], units) == [[0, 1], [2, 3], [4, 5]]  # MOSI
+    assert stack_groups([9, 9, 9], [PERSISTENT_UNITS, 1, 1]) == [[0], [1, 2]]  # a full run stays alone
+    assert stack_groups([4, 9, 4], [1, 1, 1]) == [[0, 2], [1]]  # by length, in order of first appearance
 
 
 def test_block_diagonal_weights_keep_each_gate_block_of_each_stream() -> None:
