@@ -49,6 +49,7 @@ from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, 
 from training.metrics import METRIC_NAMES
 from training.objectives import LOWER_IS_BETTER, NOT_OBJECTIVES, OBJECTIVES, ROBUST_RATES
 from training.run import load_and_standardize, run_experiment
+from training.trainer import resolve_device
 
 log = logging.getLogger("tune")
 
@@ -177,6 +178,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
         if "hidden_dim" not in given and base.num_heads > 0 and base.hidden_dim % base.num_heads:
             base.hidden_dim = base.num_heads * max(1, round(base.hidden_dim / base.num_heads))
         base.validate()
+        resolve_device(base.device)  # a card this machine lacks would fail every trial of the study
     except (TuneError, ValueError) as err:
         parser.error(str(err))
     ns.directions = ns.directions or natural

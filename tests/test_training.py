@@ -381,6 +381,17 @@ def test_train_v4_sh_maps_variables_to_flags_the_cli_accepts():
     assert r.returncode == 2 and r.stderr.strip() == "train_v4.sh: use_aecf must be 1 or 0, got 'maybe'"
 
 
+def test_a_missing_card_or_model_claims_no_run_folder(tiny, tmp_path, monkeypatch, capsys):
+    # refused before runs/<model>_<data>_<time> is made and runs/latest moved to it
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in tiny_args(tiny, tmp_path) if a not in ("--output_dir", str(tmp_path))]
+    for extra, message in ((["--device", "cuda:99"], "--device cuda:99"),
+                           (["--model", "tfm"], "unknown --model 'tfm'")):
+        assert main([*argv, *extra]) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_a_run_without_output_dir_gets_its_own_folder_and_the_bar_warns_nothing(tiny, tmp_path, monkeypatch):
     import warnings

@@ -143,6 +143,16 @@ def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
         assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_missing_device_is_refused_before_the_study_holds_a_trial(tiny, tmp_path, capsys):
+    # a card this machine lacks (cuda:99 on any machine) used to fail every trial in the study, one by one
+    db = tmp_path / "study.db"
+    with pytest.raises(SystemExit) as exc:
+        tune.main([*tiny_args(tiny, tmp_path / "out"), "--device", "cuda:99", "--storage", f"sqlite:///{db}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "--device cuda:99" in err[-1]  # no CUDA at all, or too few cards
+    assert not db.exists() and not (tmp_path / "out").exists()
+
+
 # ---- pruning and failures (the training replaced by a stand-in) -------------------------------------
 def fake_results(value: float) -> dict:
     per_rate = {f"{p:.1f}": {"acc2_has0": value, "f1_has0": value, "acc2_non0": value, "f1_non0": value,
