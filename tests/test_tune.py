@@ -143,13 +143,15 @@ def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
         assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_a_missing_device_is_refused_before_the_study_holds_a_trial(tiny, tmp_path, capsys):
-    # a card this machine lacks (cuda:99 on any machine) used to fail every trial in the study, one by one
+@pytest.mark.parametrize("flags, message", [(["--device", "cuda:99"], "--device cuda:99"),  # no CUDA, or too few cards
+                                            (["--model", "tfm"], "unknown --model 'tfm'")])
+def test_a_missing_device_or_model_is_refused_before_the_study_holds_a_trial(tiny, tmp_path, capsys, flags, message):
+    # these used to fail every trial of the study, one by one
     db = tmp_path / "study.db"
     with pytest.raises(SystemExit) as exc:
-        tune.main([*tiny_args(tiny, tmp_path / "out"), "--device", "cuda:99", "--storage", f"sqlite:///{db}"])
+        tune.main([*tiny_args(tiny, tmp_path / "out"), *flags, "--storage", f"sqlite:///{db}"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert exc.value.code == 2 and "--device cuda:99" in err[-1]  # no CUDA at all, or too few cards
+    assert exc.value.code == 2 and message in err[-1]
     assert not db.exists() and not (tmp_path / "out").exists()
 
 
