@@ -45,6 +45,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from datasets import rate_key
 from training.atomic import write_json
+from training.cli import threads_ok
 from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
 from training.metrics import METRIC_NAMES
 from training.objectives import LOWER_IS_BETTER, NOT_OBJECTIVES, OBJECTIVES, ROBUST_RATES
@@ -161,7 +162,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
         delattr(ns, n)
     checks = [(ns.n_trials is None or ns.n_trials >= 0, "--n_trials must be >= 0"),
               (ns.timeout is None or ns.timeout > 0, "--timeout must be > 0"),
-              (ns.threads >= 0, "--threads must be >= 0"),
+              threads_ok(ns.threads),
               (ns.sampler_seed is None or ns.sampler_seed >= 0, "--sampler_seed must be >= 0"),
               (ns.heartbeat_interval >= 0 and (ns.grace_period is None or ns.grace_period > 0),
                "--heartbeat_interval must be >= 0 and --grace_period > 0"),

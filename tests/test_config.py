@@ -106,6 +106,23 @@ def test_argparse_errors_are_one_line(capsys):
         assert err.startswith("prog: error: ") and err.rstrip().endswith("(see --help)"), (argv, err)
 
 
+@pytest.mark.parametrize("parse", ["cli", "tune"])
+def test_threads_lie_between_0_and_the_cores(capsys, parse):
+    # --threads 99999 once ended in a traceback (allocating the threads ran out of memory)
+    import tune
+    from training.cli import parse_command_line
+
+    cores = os.cpu_count() or 1
+    run = (lambda n: parse_command_line(["--threads", str(n)], "prog")[2]) if parse == "cli" else \
+        (lambda n: tune.parse_args(["--threads", str(n)])[0].threads)
+    assert run(cores) == cores and run(0) == 0
+    for n in (-1, cores + 1, 99999):
+        with pytest.raises(SystemExit) as exc:
+            run(n)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and f"--threads must lie in 0..{cores}" in err[-1], err
+
+
 def test_help_has_one_section_per_group_and_no_default_on_no_flags():
     text = C.build_parser(prog="prog").format_help()
     for title in C.GROUPS.values():

@@ -51,6 +51,14 @@ def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
         return None, EXIT_ERROR
 
 
+def threads_ok(n: int) -> tuple[bool, str]:
+    """Whether ``--threads n`` can be used here, and the error line when not: 0 (torch's default) up to
+    this machine's CPU cores (more threads than cores only slow torch down, and a huge count fails
+    allocating them)."""
+    cores = os.cpu_count() or 1
+    return 0 <= n <= cores, f"--threads must lie in 0..{cores} (0: torch's default; this machine has {cores} CPU cores)"
+
+
 def parse_command_line(argv: list[str] | None, prog: str) -> tuple[Config, set[str], int]:
     """(config, names of the config flags given explicitly, --threads)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -59,8 +67,9 @@ def parse_command_line(argv: list[str] | None, prog: str) -> tuple[Config, set[s
                         help="torch CPU threads of this process (0: torch's default), as in tune.py")
     names = [f.name for f in dataclasses.fields(Config)]
     ns = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, _UNSET)))
-    if ns.threads < 0:
-        parser.error("--threads must be >= 0")
+    ok, message = threads_ok(ns.threads)
+    if not ok:
+        parser.error(message)
     given = {n for n in names if getattr(ns, n) is not _UNSET}
     threads_only = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     threads_only.add_argument("--threads")
