@@ -518,6 +518,26 @@ def _save(obj, path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("content", [b"garbage\n", "a pickle of an object"])
+def test_a_foreign_file_as_checkpoint_is_one_line_without_torch_s_advice(tmp_path, recwarn, content):
+    # torch's own message for these advises weights_only=False ("will likely succeed"): never for a foreign file
+    import pickle
+
+    from training.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "foreign.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_bytes(pickle.dumps({"a": object}, protocol=4))
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path, advice="point --checkpoint at a best.pt")
+    message = str(exc.value)
+    assert "\n" not in message and str(path) in message and "not a checkpoint of this project" in message
+    assert "weights_only" not in message and message.endswith("; point --checkpoint at a best.pt")
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
 @pytest.mark.slow
 def test_unusable_checkpoints_get_one_line_naming_the_file(plain_run, tiny, tmp_path, capsys):
     import torch

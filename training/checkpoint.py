@@ -7,7 +7,9 @@ and the RNG states that make ``--resume`` reproduce an uninterrupted run.
 
 from __future__ import annotations
 
+import pickle
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist{advice}")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of foreign files
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # the safe loader met something other than tensors and plain values
+        # torch's message advises weights_only=False; the reason is the line after "WeightsUnpickler error:"
+        lines = [s.strip() for s in str(err).split("WeightsUnpickler error:")[-1].splitlines() if s.strip()]
+        raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint of this project (torch's safe "
+                              f"loader: {lines[0] if lines else type(err).__name__}){advice}") from err
     except Exception as err:  # torch raises several kinds for truncated or foreign files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path} ({first}){advice}") from err
