@@ -1,4 +1,4 @@
-"""``python -m report OUT_A OUT_B ... --output DIR [--names A B ...]``.
+"""``python -m report OUT_A OUT_B ... --output DIR [--names A B ...] [--overwrite]``.
 
 Reads each run folder's metrics.json and writes DIR/comparison.md, comparison.csv,
 comparison.png and comparison.json (and comparison_probability.csv: Brier, NLL, ECE of P(positive),
@@ -21,11 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", help="run folders (each holding metrics.json) or metrics.json files")
     parser.add_argument("--output", required=True, help="folder for comparison.md/.csv/.png/.json")
     parser.add_argument("--names", nargs="+", help="display names, one per run (default: folder names)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a comparison already in --output")
     args = parser.parse_args(argv)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            result = compare(args.runs, args.output, args.names)
+            result = compare(args.runs, args.output, args.names, args.overwrite)
         except (ReportError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1

@@ -293,12 +293,27 @@ def plot_comparison(runs: list[Run], rates: list[str], path: Path) -> None:
     save_figure(fig, path)
 
 
-def compare(paths: list[str | Path], output: str | Path, names: list[str] | None = None) -> dict:
-    """Write comparison.md, comparison.csv, comparison.png and comparison.json into ``output``."""
+OUTPUTS = ("comparison.md", "comparison.csv", "comparison.png", "comparison.json", "comparison_probability.csv")
+
+
+def compare(paths: list[str | Path], output: str | Path, names: list[str] | None = None,
+            overwrite: bool = False) -> dict:
+    """Write comparison.md, comparison.csv, comparison.png and comparison.json into ``output``; a
+    comparison already there is replaced only with ``overwrite``."""
     if not paths:
         raise ReportError("give at least one run folder")
     if names is not None and len(names) != len(paths):
         raise ReportError(f"--names has {len(names)} name(s) for {len(paths)} run(s)")
+    folders: dict[Path, str] = {}
+    for p in paths:  # a folder or its metrics.json, through any link (runs/latest)
+        key = (Path(p) if Path(p).is_dir() else Path(p).parent).resolve()
+        if key in folders:
+            raise ReportError(f"{folders[key]} and {p} are the same run; give each run once")
+        folders[key] = str(p)
+    held = [f for f in OUTPUTS if (Path(output) / f).exists()]
+    if held and not overwrite:
+        raise ReportError(f"{output} already holds a comparison ({', '.join(held)}); pass --overwrite to "
+                          "replace it, or choose another --output")
     runs = [load_run(p, n) for p, n in zip(paths, names or [None] * len(paths))]
     runs = [x for r in runs for x in (r, ensemble_run(r, r.path)) if x is not None]
     seen: dict[str, int] = {}
@@ -318,6 +333,8 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     if prob is not None:
         with atomic_open(out / "comparison_probability.csv") as fh:
             prob.to_csv(fh, index=False)
+    else:  # replacing a comparison that had one: it would outlive the runs it was about
+        (out / "comparison_probability.csv").unlink(missing_ok=True)
     table = markdown_table(df, runs, rates, subsets, prob)
     with atomic_open(out / "comparison.md") as fh:
         fh.write(table)

@@ -104,6 +104,34 @@ def test_cli_writes_and_names(tmp_path, capsys):
     assert {r["name"] for r in json.loads((tmp_path / "o" / "comparison.json").read_text())["runs"]} == set("XYZ")
 
 
+def test_a_comparison_is_replaced_only_with_overwrite_and_a_run_counts_once(tmp_path, capsys):
+    for seed, name in enumerate("xy"):
+        fake_metrics(tmp_path / name, seed)
+    old = fake_metrics(tmp_path / "old", 2)  # from before the probability scores: no probability table
+    for block in (b for sec in ("results", "std") for b in old[sec].values()):
+        for vals in block.values():
+            for k in [k for k in vals if k.startswith(("brier", "nll", "ece"))]:
+                del vals[k]
+    (tmp_path / "old" / "metrics.json").write_text(json.dumps(old))
+    x, y, out = str(tmp_path / "x"), str(tmp_path / "y"), tmp_path / "o"
+    assert report_main([x, y, "--output", str(out)]) == 0
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert "comparison_probability.csv" in before
+    capsys.readouterr()
+    assert report_main([x, str(tmp_path / "old"), "--output", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds a comparison" in err[0] and "--overwrite" in err[0]
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # untouched
+    assert report_main([x, str(tmp_path / "old"), "--output", str(out), "--overwrite"]) == 0
+    assert "| old |" in (out / "comparison.md").read_text() and not (out / "comparison_probability.csv").exists()
+    (tmp_path / "latest").symlink_to(tmp_path / "x")
+    for same in (str(tmp_path / "latest"), f"{x}/metrics.json"):
+        assert report_main([x, same, "--output", str(tmp_path / "o2")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "are the same run; give each run once" in err[0], err
+    assert not (tmp_path / "o2").exists()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "report", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
@@ -163,7 +191,7 @@ def test_close_rates_keep_their_own_keys_everywhere(close_rates_run, tmp_path):
     table = format_table(m["results"], m["std"], 1)
     for key in CLOSE_RATES:
         assert any(line.split()[:1] == [key] for line in table.splitlines()), key
-    res = compare([close_rates_run, close_rates_run], tmp_path / "cmp")
+    res = compare([close_rates_run], tmp_path / "cmp")
     assert all(f"p={k}" in res["table"] for k in CLOSE_RATES)
 
 
