@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+from pathlib import Path
 
 from bench import BENCHMARKS, check_device, machine
+from training.atomic import atomic_open
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,15 +34,25 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    out = Path(args.json) if args.json else None
+    if out is not None and out.exists():  # checked before the benchmarks run, not after
+        parser.error(f"--json {out} already exists; give a new file (earlier figures are never written over)")
+    if out is not None and not os.access(out.parent, os.W_OK):
+        parser.error(f"--json {out}: cannot write into {out.parent}; give a file in a folder that exists")
     print(f"machine: {machine(device)}", flush=True)
     results = {"machine": machine(device)}
     for name in args.names or BENCHMARKS:
         print(f"\n== {name} ==", flush=True)
         kw = {"scale": args.scale} if name == "memory" else {}
         results[name] = importlib.import_module(f"bench.{name}").run(args.quick, device, **kw)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=2)
+    if out is not None:
+        try:
+            with atomic_open(out) as fh:
+                json.dump(results, fh, indent=2)
+        except OSError as err:
+            print(f"python -m bench: cannot write --json {out} ({err.strerror or err})", file=sys.stderr)
+            return 1
+        print(f"\nwrote {out}")
     return 0
 
 

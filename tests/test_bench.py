@@ -80,6 +80,21 @@ def test_length_buckets_benchmark_prints_both_models_at_both_length_kinds(capsys
     assert out.count("with --length_buckets") == 4
 
 
+def test_bench_json_never_writes_over_a_file_and_is_checked_before_the_run(tmp_path, capsys, monkeypatch):
+    import bench.__main__ as cli
+
+    ran = []
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: ran.append(name))  # no benchmark runs
+    earlier = tmp_path / "bench.json"
+    earlier.write_text("{}")
+    for path, message in ((earlier, "already exists"), (tmp_path / "no_such" / "b.json", "cannot write into")):
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["eval_sweep", "--json", str(path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and message in err[-1] and str(path) in err[-1]
+    assert earlier.read_text() == "{}" and not ran
+
+
 def test_bench_refuses_a_missing_device_in_one_line(capsys):
     import torch
 
