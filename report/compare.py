@@ -305,8 +305,8 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     if names is not None and len(names) != len(paths):
         raise ReportError(f"--names has {len(names)} name(s) for {len(paths)} run(s)")
     folders: dict[Path, str] = {}
-    for p in paths:  # a folder or its metrics.json, through any link (runs/latest)
-        key = (Path(p) if Path(p).is_dir() else Path(p).parent).resolve()
+    for p in paths:  # the metrics file itself: a folder and its metrics.json, through any link (runs/latest)
+        key = (Path(p) / "metrics.json" if Path(p).is_dir() else Path(p)).resolve()
         if key in folders:
             raise ReportError(f"{folders[key]} and {p} are the same run; give each run once")
         folders[key] = str(p)

@@ -130,6 +130,8 @@ def test_a_comparison_is_replaced_only_with_overwrite_and_a_run_counts_once(tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "are the same run; give each run once" in err[0], err
     assert not (tmp_path / "o2").exists()
+    (tmp_path / "y" / "metrics.json").rename(tmp_path / "x" / "other.json")  # two metrics files in one folder
+    assert report_main([f"{x}/metrics.json", f"{x}/other.json", "--output", str(tmp_path / "o3")]) == 0
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
