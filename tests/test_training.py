@@ -381,6 +381,16 @@ def test_train_v4_sh_maps_variables_to_flags_the_cli_accepts():
     assert r.returncode == 2 and r.stderr.strip() == "train_v4.sh: use_aecf must be 1 or 0, got 'maybe'"
 
 
+def test_resume_into_a_folder_without_a_run_says_it_starts_one(caplog):
+    from training.config import Config
+    from training.run import resume_settings
+
+    cfg = Config(resume=True, output_dir="/nonexistent/run", lr=2e-3)
+    with caplog.at_level("WARNING"):
+        assert resume_settings(cfg, {"lr"}) is cfg
+    assert "holds no run yet; starting one there" in caplog.text and "/nonexistent/run" in caplog.text
+
+
 def test_a_missing_card_or_model_claims_no_run_folder(tiny, tmp_path, monkeypatch, capsys):
     # refused before runs/<model>_<data>_<time> is made and runs/latest moved to it
     monkeypatch.chdir(tmp_path)

@@ -150,7 +150,10 @@ def resume_settings(cfg: Config, given: set[str]) -> Config:
     with the flags ``given`` on the command line on top. ``check_output_dir`` then refuses a
     given flag that would change what the run trains or measures."""
     path = Path(cfg.output_dir) / "config.json"
-    if not cfg.resume or not path.is_file():
+    if not cfg.resume:
+        return cfg
+    if not path.is_file():  # the same command starts a job and continues it (a preemptible machine)
+        log.warning("--resume: %s holds no run yet; starting one there with these settings", cfg.output_dir)
         return cfg
     saved = Config.from_dict(_read_config(path))
     return dataclasses.replace(saved, **{k: getattr(cfg, k) for k in given | {"resume", "output_dir", "overwrite"}})
