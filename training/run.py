@@ -54,7 +54,10 @@ class RunLockedError(OutputError):
 
 
 def _describe(cfg: Config) -> str:
-    return cfg.data_path or f"the embedded {cfg.dataset} data set"
+    # only the synthetic set is embedded; mosi/mosei without a path are refused by load_data
+    if cfg.data_path:
+        return cfg.data_path
+    return "the embedded synthetic data set" if cfg.dataset == "synthetic" else f"--dataset {cfg.dataset}"
 
 
 def load_raw(cfg: Config) -> MultimodalData:
