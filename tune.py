@@ -49,8 +49,7 @@ from training.cli import threads_ok
 from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
 from training.metrics import METRIC_NAMES
 from training.objectives import LOWER_IS_BETTER, NOT_OBJECTIVES, OBJECTIVES, ROBUST_RATES
-from training.run import check_model_name, load_and_standardize, run_experiment
-from training.trainer import resolve_device
+from training.run import check_startable, load_and_standardize, run_experiment
 
 log = logging.getLogger("tune")
 
@@ -179,8 +178,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
         if "hidden_dim" not in given and base.num_heads > 0 and base.hidden_dim % base.num_heads:
             base.hidden_dim = base.num_heads * max(1, round(base.hidden_dim / base.num_heads))
         base.validate()
-        check_model_name(base.model)  # a typo, or a card this machine lacks, would fail every trial of the study
-        resolve_device(base.device)
+        check_startable(base)  # a typo in --model or a missing card would fail every trial of the study
     except (TuneError, ValueError) as err:
         parser.error(str(err))
     ns.directions = ns.directions or natural

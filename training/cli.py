@@ -82,11 +82,9 @@ def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") ->
     setup_logging(cfg.quiet)
 
     def claim_run_dir() -> None:  # every run its own folder: runs/<model>_<data>_<time>, linked as runs/latest
-        from training.run import check_model_name
-        from training.trainer import resolve_device
+        from training.run import check_startable
 
-        check_model_name(cfg.model)  # a typo or a card this machine lacks: refused before a folder is claimed
-        resolve_device(cfg.device)
+        check_startable(cfg)  # a typo in --model or a card this machine lacks: before a folder is claimed
         if cfg.output_dir is None and not cfg.eval_only:  # --eval_only picks a folder beside the evaluated run
             with writing(RUNS_ROOT):
                 cfg.output_dir = new_run_dir(cfg)

@@ -115,6 +115,13 @@ def check_magnitudes(data: MultimodalData) -> None:
                     "overflows; fix or remove those values in the file")
 
 
+def check_startable(cfg: Config) -> None:
+    """What a start can refuse before it loads or writes anything (the CLI before it claims a run
+    folder, tune.py before it opens the study, every run): an unknown model, a missing device."""
+    check_model_name(cfg.model)
+    resolve_device(cfg.device)
+
+
 def check_model_name(name: str) -> None:
     from modules.registry import available_models
 
@@ -297,8 +304,7 @@ def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
     folder is locked for the whole run; ``config.json`` is written when the first seed starts.
     """
     out = Path(cfg.output_dir)
-    check_model_name(cfg.model)
-    resolve_device(cfg.device)  # a card that is not there: refused before anything is loaded or written
+    check_startable(cfg)
     with run_lock(out):
         check_output_dir(cfg)
         if data is None:
