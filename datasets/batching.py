@@ -108,17 +108,29 @@ def batch_slices(n: int, batch_size: int, drop_last: bool) -> list[slice]:
     return [slice(i, min(i + batch_size, n)) for i in range(0, stop, batch_size)]
 
 
-def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray) -> dict[str, torch.Tensor]:
+def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray, levels: int = 0) -> dict[str, torch.Tensor]:
     """``batch`` with each modality cut to the longest true length among its rows, given on the host
     as ``lengths (B, 3)``: the steps cut are padding in every row. A cut modality is made contiguous
-    (a copy of what is left, small next to encoding it), as the recurrent kernels want."""
-    for j, m in enumerate(MODALITIES):
-        keep = max(1, int(lengths[:, j].max()))
-        if keep < batch[m].shape[1]:
+    (a copy of what is left, small next to encoding it), as the recurrent kernels want.
+
+    ``levels`` > 0: every modality keeps the same fraction ``k / levels`` of its padded length
+    (rounded up), with the least ``k`` that holds each modality's longest row, so batches take at
+    most ``levels`` shapes (what a compiled forward needs: one graph per shape).
+    """
+    padded = [batch[m].shape[1] for m in MODALITIES]
+    longest = [max(1, int(lengths[:, j].max())) for j in range(len(MODALITIES))]
+    if levels > 0:
+        k = max(-(-levels * n // L) for n, L in zip(longest, padded))
+        longest = [-(-k * L // levels) for L in padded]
+    for m, keep, L in zip(MODALITIES, longest, padded):
+        if keep < L:
             batch[m] = batch[m][:, :keep].contiguous()
     return batch
 
 
+# batch shapes under --compile with --length_buckets (``trim_to_longest(levels=)``): torch compiles each
+# graph twice (the first shape, then one with dynamic lengths), but CUDA graphs record one per shape
+BUCKET_LEVELS = 8
 BUCKET_WINDOW = 64  # batches whose rows are sorted by length together (``length_bucketed``)
 
 

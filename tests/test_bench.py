@@ -77,7 +77,30 @@ def test_length_buckets_benchmark_prints_both_models_at_both_length_kinds(capsys
     for kind in ("independent", "duration"):
         assert f"tiny shape, {kind} lengths" in out
         assert all(f["samples_per_s"] > 0 for f in figs[f"tiny/{kind}"].values())
-    assert out.count("with --length_buckets") == 4
+    assert out.count("with --length_buckets") == 4  # quick on the CPU: no compiled pairs
+
+
+def test_length_buckets_benchmark_also_compiles_both_models_with_duration_lengths(capsys, monkeypatch):
+    # the compiled pairs (minutes of compilation on the CPU) come from the same measure() call as the
+    # eager ones, so they are side by side; measure is replaced here by one that records its models
+    import bench.length_buckets as lb
+
+    asked = {}
+
+    def fake(layout, n_train, dev, reps, models, lengths):
+        asked[lengths] = models
+        return {name: {"samples_per_s": 100.0 + 10 * ("buckets" in name) + ("compiled" in name)} for name in models}
+
+    monkeypatch.setattr(lb, "measure", fake)
+    figs = lb.run(quick=False, device="cpu", n_train=40, shapes={"tiny": {}})
+    out = capsys.readouterr().out
+    assert set(asked["independent"]) == set(lb.MODELS)
+    assert asked["duration"]["lstm+buckets+compiled"] == {"encoder": "lstm", "length_buckets": True,
+                                                          "compile": "default"}
+    assert set(figs["tiny/duration"]) == set(lb.MODELS) | {f"{n}+compiled" for n in lb.MODELS}
+    assert "lstm+compiled:    101.0 samples/s, with --length_buckets    111.0  (1.10x)" in out
+    lb.run(quick=True, device="cpu", n_train=40, shapes={"tiny": {}})
+    assert set(asked["duration"]) == set(lb.MODELS)  # quick on the CPU: no compilation
 
 
 def test_bench_json_never_writes_over_a_file_and_is_checked_before_the_run(tmp_path, capsys, monkeypatch):

@@ -22,6 +22,7 @@ from datasets import (
     load_data,
     make_loader,
     make_synthetic,
+    trim_to_longest,
 )
 from datasets.csd import deploy_sequence, read_sequence
 
@@ -580,3 +581,31 @@ def test_length_bucketed_batches_hold_similar_lengths_and_every_row_once():
     other = length_bucketed(order, lengths, bs, torch.Generator().manual_seed(2))
     assert np.array_equal(out, again) and not np.array_equal(out, other)
     assert sorted(other.tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("levels", [0, 8])
+def test_trim_to_longest_cuts_only_padding_and_with_levels_takes_few_shapes(levels):
+    # exact (levels 0): each modality cut to its longest row; with levels: one fraction k / levels of
+    # every modality's padded length, the least that holds each longest row, so at most `levels` shapes
+    rng = np.random.default_rng(0)
+    padded = {"text": 50, "audio": 500, "vision": 375}
+    shapes = set()
+    for _ in range(300):
+        frac = rng.uniform(0.05, 1.0, (16, 1)) ** rng.uniform(0.5, 3.0)  # batches short and long
+        lengths = np.maximum(1, np.round(frac * list(padded.values()))).astype(np.int64)
+        lengths[:, 0] = np.minimum(50, lengths[:, 0] + rng.integers(0, 3, 16))  # text a little off
+        batch = {m: torch.randn(16, L, 2) for m, L in padded.items()}
+        full = {m: x.clone() for m, x in batch.items()}
+        out = trim_to_longest(batch, lengths, levels)
+        kept = tuple(out[m].shape[1] for m in padded)
+        for j, (m, L) in enumerate(padded.items()):
+            longest = lengths[:, j].max()
+            assert longest <= kept[j] <= L and torch.equal(out[m], full[m][:, :kept[j]])
+            assert out[m].is_contiguous()
+            if levels == 0:
+                assert kept[j] == longest
+        if levels:
+            k = max(-(-levels * int(lengths[:, j].max()) // L) for j, L in enumerate(padded.values()))
+            assert kept == tuple(-(-k * L // levels) for L in padded.values())
+        shapes.add(kept)
+    assert 1 < len(shapes) <= (levels or 10 ** 6)

@@ -815,7 +815,6 @@ def test_length_buckets_cut_every_training_batch_to_its_longest_row_and_still_le
                                                                                     encoder):
     from datasets import MODALITIES, make_synthetic
     from training.config import Config
-    from training.errors import ConfigError
     from training.trainer import Trainer
 
     data = make_synthetic(seed=0, n_train=100, n_valid=16, n_test=16, seq_len=40, dims=(12, 5, 8))
@@ -840,8 +839,6 @@ def test_length_buckets_cut_every_training_batch_to_its_longest_row_and_still_le
     monkeypatch.setattr(trainer.model, "forward", forward)
     losses += [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs - 1)]
     assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.92 * losses[0], losses
-    with pytest.raises(ConfigError, match="--length_buckets gives batches of varying length"):
-        Config(length_buckets=True, compile="default").validate()
 
 
 def test_length_buckets_resumed_from_last_pt_train_the_same_epochs(tmp_path):
@@ -906,6 +903,49 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, 
     saved = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
     assert set(saved) == set(trainer.model.state_dict()) and not any("_orig_mod" in k for k in saved)
     batch = SplitTensors(data.splits["valid"], trainer.device).gather(torch.arange(16))
+    trainer.model.eval()
+    with torch.no_grad():
+        compiled, plain = trainer.forward(batch)["score"], trainer.model(batch)["score"]
+    torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", ["mlp", "lstm"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_compiled_length_buckets_take_at_most_bucket_levels_shapes_and_learn(tmp_path, monkeypatch, encoder, device):
+    # compiled, each bucketed batch is cut to one of BUCKET_LEVELS fractions of the padded lengths
+    # (one CUDA graph each under reduce-overhead), never shorter than its longest row
+    import torch
+
+    import training.trainer as trainer_mod
+    from datasets import MODALITIES, SplitTensors, make_synthetic
+    from datasets.batching import BUCKET_LEVELS
+    from training.config import Config
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=96, n_valid=16, n_test=16, seq_len=40, dims=(12, 5, 8))
+    cuda = device == "cuda"
+    cfg = Config(compile="reduce-overhead" if cuda else "default", length_buckets=True, encoder=encoder,
+                 device=device, amp=cuda, hidden_dim=16, num_heads=2, batch_size=16, epochs=8,
+                 train_missing_rate=0.0, lr=3e-3)
+    trainer = Trainer(cfg, data, 7, tmp_path, progress=False)
+    shapes, cut = set(), trainer_mod.trim_to_longest
+
+    def spy(batch, lengths, levels=0):
+        out = cut(batch, lengths, levels)
+        for j, m in enumerate(MODALITIES):
+            assert lengths[:, j].max() <= out[m].shape[1]
+        shapes.add(tuple(out[m].shape[1] for m in MODALITIES))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "trim_to_longest", spy)
+    torch._dynamo.utils.counters.clear()
+    losses = [trainer.train_epoch()["loss/total"] for _ in range(cfg.epochs)]
+    assert 1 < len(shapes) <= BUCKET_LEVELS, shapes
+    assert all("run_lstms" in b for b in torch._dynamo.utils.counters["graph_break"])
+    assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.92 * losses[0], losses
+    lengths = data.splits["valid"].lengths[:16]
+    batch = spy(SplitTensors(data.splits["valid"], trainer.device).gather(torch.arange(16)), lengths, BUCKET_LEVELS)
     trainer.model.eval()
     with torch.no_grad():
         compiled, plain = trainer.forward(batch)["score"], trainer.model(batch)["score"]

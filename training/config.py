@@ -161,7 +161,8 @@ class Config:
     length_buckets: bool = _f(False, "batch training rows of similar length (sorted by their longest "
                               "modality within windows of 64 batches, the batches shuffled) and cut each batch "
                               "to its longest row: fewer padded steps for long, varied sequences (MOSEI); it "
-                              "changes which rows share a batch; not with --compile", group="train")
+                              "changes which rows share a batch; with --compile each batch is cut to one of 8 "
+                              "fractions of the padded lengths instead (8 batch shapes)", group="train")
     distill_weight: float = _f(0.0, "self-distillation: pull each prediction made with train-time dropped "
                                "modalities toward the same model's prediction with all of the sample's "
                                "modalities (eval mode, no gradient); weight of that KL + L1 term (0 disables)",
@@ -276,9 +277,6 @@ class Config:
              f"--compile {self.compile} works with the default model and --encoder mlp or lstm only (the CfC "
              "cells and the baselines' recurrences would be unrolled step by step into the graph); leave "
              "--compile out"),
-            (not (self.length_buckets and self.compile != "none"),
-             f"--length_buckets gives batches of varying length, and --compile {self.compile} would compile "
-             "again for each; leave one of them out"),
             (not self.stack_lstm or (self.model == "attention_robust_v4" and self.encoder == "lstm"),
              "--stack_lstm applies to --encoder lstm of the default model only; leave it out"),
             (self.tta_steps >= 1, "tta_steps must be >= 1"),

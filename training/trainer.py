@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from datasets import MODALITIES, MultimodalData, SplitTensors, apply_presence, rate_key, sample_presence
-from datasets.batching import batch_slices, epoch_order, length_bucketed, trim_to_longest
+from datasets.batching import BUCKET_LEVELS, batch_slices, epoch_order, length_bucketed, trim_to_longest
 from modules.losses import distillation_loss, kl_warmup, task_loss
 from modules.presence import check_presence
 from modules.registry import available_models, create_model
@@ -299,6 +299,7 @@ class Trainer:
             torch.empty((), dtype=torch.int64).random_()
         order = epoch_order(train.n, self.loader_gen)
         lengths = np.asarray(train.lengths) if cfg.length_buckets else None
+        levels = 0 if self.forward is self.model else BUCKET_LEVELS  # compiled: a few batch shapes, one graph each
         if lengths is not None:
             order = torch.from_numpy(length_bucketed(order.numpy(), lengths, cfg.batch_size, self.loader_gen))
         order_host, order = order.numpy(), order.to(dev, non_blocking=True)
@@ -319,8 +320,11 @@ class Trainer:
         for sl in bar:
             full = source.gather(order[sl])
             if lengths is not None:  # similar lengths: cut the padding every row of the batch has
-                full = trim_to_longest(full, lengths[order_host[sl]])
+                full = trim_to_longest(full, lengths[order_host[sl]], levels)
             batch = apply_presence(full, full["presence"] & drops[sl])
+            if levels and lengths is not None:  # compiled with dynamic lengths at once, not at the second shape
+                for m in MODALITIES:
+                    torch._dynamo.maybe_mark_dynamic(batch[m], 1)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
                 out = self._forward(batch)
                 terms = loss_terms(cfg, out, batch["labels"], kl_scale)
