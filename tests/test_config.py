@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,38 @@ def test_argparse_errors_are_one_line(capsys):
         err = capsys.readouterr().err
         assert exc.value.code == 2 and err.count("\n") == 1, (argv, err)
         assert err.startswith("prog: error: ") and err.rstrip().endswith("(see --help)"), (argv, err)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kl_weight", float("nan"), "kl_weight must be a finite number, got nan"),  # was: NaN loss at step 1
+    ("fusion_temperature", float("inf"), "fusion_temperature must be a finite number"),  # was: ran, uniform fusion
+    ("eval_missing_rates", [0.0, float("nan")], "eval_missing_rates must be a finite number"),
+    ("seeds", [1, -1], "seeds must lie in 0 .. 2**64 - 1"),  # was: numpy's traceback
+    ("seeds", [2**64], "seeds must lie in 0 .. 2**64 - 1"),
+    ("synthetic_seed", -5, "synthetic_seed must lie in"),  # was: numpy's traceback
+    ("warmup_epochs", -1, "warmup_epochs must be >= 0"),  # was: accepted, as 0
+    ("kl_warmup_epochs", -1, "kl_warmup_epochs must be >= 0"),
+    ("num_classes", 5, "num_classes must be one of 2, 3, 7, got 5"),  # Python API / tune: no argparse choices
+    ("encoder", "gru", "encoder must be one of mlp, lstm, cfc"),
+])
+def test_validate_refuses_what_the_fields_types_and_choices_exclude(field, value, message):
+    from training.config import Config
+    from training.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Config(**{field: value}).validate()
+
+
+def test_bad_numbers_on_the_command_line_are_one_line_before_any_folder(tmp_path, capsys):
+    from training.cli import main
+
+    for flag, value in (("--seeds", "-1"), ("--lr", "inf"), ("--tta_lr", "nan")):
+        with pytest.raises(SystemExit) as exc:
+            main([flag, value, "--output_dir", str(tmp_path / "run")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "error:" in err[0] and flag[2:] in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("parse", ["cli", "tune"])

@@ -952,6 +952,33 @@ def test_compiled_length_buckets_take_at_most_bucket_levels_shapes_and_learn(tmp
     torch.testing.assert_close(compiled, plain, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("error", [
+    ("OutOfMemoryError", "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+    ("RuntimeError", "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                     "you tried to allocate 1200000000000 bytes."),
+    ("MemoryError", "Unable to allocate 31.0 GiB for an array with shape (16326, 500, 74) and data type float32"),
+], ids=["cuda", "torch-cpu", "numpy"])
+def test_running_out_of_memory_is_one_line_naming_what_to_shrink(tiny, tmp_path, capsys, monkeypatch, error):
+    # was: torch's or numpy's traceback (e.g. --hidden_dim 1000000000, or a batch too large for the GPU)
+    import torch
+
+    from training.trainer import Trainer
+
+    kind, message = error
+
+    def full(self):
+        raise {"OutOfMemoryError": torch.OutOfMemoryError, "RuntimeError": RuntimeError,
+               "MemoryError": MemoryError}[kind](message)
+
+    monkeypatch.setattr(Trainer, "train_epoch", full)
+    assert main(tiny_args(tiny, tmp_path / "out")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: out of memory (") and "--batch_size" in err, err
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self: 1 / 0)  # any other error is a bug: its traceback
+    with pytest.raises(ZeroDivisionError):
+        main(tiny_args(tiny, tmp_path / "out2"))
+
+
 def test_a_failing_compilation_is_one_line_naming_the_flag(tiny, tmp_path, capsys, monkeypatch):
     import torch._dynamo.exc
 

@@ -136,6 +136,20 @@ def test_tta_none_leaves_the_sweep_bitwise_unchanged(test_split) -> None:
     assert np.array_equal(before["arrays"]["preds"][0], full)
 
 
+def test_an_adaptation_that_diverges_is_one_error_naming_the_step_size(test_split) -> None:
+    # was: "predictions contain NaN or Inf" from the metrics, with a traceback (e.g. --tta_lr 1e30)
+    from training.errors import ConfigError
+
+    model = make_model("attention_robust_v4")
+    rows, presence = range(0, 16), torch.ones(16, 3, dtype=torch.bool)
+    trained = snapshot(model)
+    with pytest.raises(ConfigError, match=r"made the predictions NaN or Inf \(--tta_lr 1e\+30.*lower --tta_lr"):
+        Tent(model, "norm+fusion", steps=3, lr=1e30)(encoded(model, test_split, rows), presence, test_split, rows)
+    assert all(torch.equal(p, trained[n]) for n, p in model.named_parameters())  # the weights are put back
+    out = Tent(model, "norm+fusion", steps=3, lr=1e-2)(encoded(model, test_split, rows), presence, test_split, rows)
+    assert torch.isfinite(out["score"]).all()
+
+
 def test_adaptation_is_deterministic(test_split) -> None:
     model = make_model("attention_robust_v4")
     evaluator = Evaluator(model, torch.device("cpu"), 16, "regression", 2, tta=Tent(model, "norm+fusion", steps=2,

@@ -37,8 +37,9 @@ def setup_logging(quiet: bool) -> None:
 
 def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
                          extra_errors: tuple[type[BaseException], ...] = ()) -> tuple[Any, int]:
-    """``(fn(), 0)``; a user error prints one ``error: ...`` line instead (status 1), Ctrl-C prints
-    ``interrupted`` (status 130). Any other exception propagates with its traceback."""
+    """``(fn(), 0)``; a user error or a failed allocation (``out_of_memory``) prints one ``error: ...``
+    line instead (status 1), Ctrl-C prints ``interrupted`` (status 130). Any other exception
+    propagates with its traceback."""
     try:
         return fn(), 0
     except KeyboardInterrupt:
@@ -49,6 +50,21 @@ def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
             raise
         print(f"error: {err}", file=sys.stderr)
         return None, EXIT_ERROR
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err) or os.environ.get("ATTENTION_ROBUST_DEBUG"):
+            raise
+        first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        print(f"error: out of memory ({first[:200]}); try a smaller --batch_size or --hidden_dim, and for large "
+              "data --feature_dtype float16 or --feature_cache DIR", file=sys.stderr)
+        return None, EXIT_ERROR
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is an allocation that failed: numpy's MemoryError, CUDA's out-of-memory error, or
+    torch's CPU allocator refusing a size."""
+    import torch
+
+    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
 
 
 def threads_ok(n: int) -> tuple[bool, str]:

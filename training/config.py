@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import shlex
@@ -235,6 +236,14 @@ class Config:
 
     def validate(self) -> None:
         """Raise ConfigError (a ValueError) naming the first setting out of its range."""
+        for f in dataclasses.fields(self):  # what every field's type and metadata already say
+            value = getattr(self, f.name)
+            items = value if isinstance(value, list) else [value]
+            choices = f.metadata.get("choices")
+            if choices is not None and not all(v in choices for v in items):
+                raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value}")
+            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+                raise ConfigError(f"{f.name} must be a finite number, got {value}")
         checks = [
             (self.hidden_dim > 0, "hidden_dim must be > 0"),
             (0.0 <= self.dropout < 1.0, "dropout must lie in [0, 1)"),
@@ -254,6 +263,10 @@ class Config:
              "loss weights must be >= 0"),
             (self.reg_weight + self.cls_weight > 0, "reg_weight and cls_weight cannot both be 0"),
             (len(self.seeds) > 0, "give at least one seed"),
+            (all(0 <= s < 2**64 for s in self.seeds), "seeds must lie in 0 .. 2**64 - 1 (torch's and numpy's range)"),
+            (0 <= self.synthetic_seed < 2**64, "synthetic_seed must lie in 0 .. 2**64 - 1"),
+            (self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0 (0: no warm-up)"),
+            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0 (0: no warm-up)"),
             (len(set(self.seeds)) == len(self.seeds),
              f"--seeds {' '.join(map(str, self.seeds))} names a seed twice; give each seed once"),
             (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,

@@ -79,7 +79,8 @@ def tta_parameters(model: nn.Module, which: str) -> dict[str, nn.Parameter]:
 
 def prediction_entropy(logits: Tensor) -> Tensor:
     """Mean over the batch of the entropy (nats) of ``softmax(logits (B, C))`` -> scalar."""
-    return torch.distributions.Categorical(logits=logits.float()).entropy().mean()
+    # no argument check: logits a diverging adaptation made NaN give a NaN entropy, caught after its steps
+    return torch.distributions.Categorical(logits=logits.float(), validate_args=False).entropy().mean()
 
 
 class Tent:
@@ -133,7 +134,11 @@ class Tent:
                     loss.backward()
                     optimizer.step()
             with torch.no_grad():
-                return forward()
+                out = forward()
+            if not bool(torch.isfinite(out["logits"]).all() & torch.isfinite(out["score"]).all()):
+                raise ConfigError(f"test-time adaptation made the predictions NaN or Inf (--tta_lr {self.lr:g}, "
+                                  f"--tta_steps {self.steps}, --tta_params {self.which}); lower --tta_lr")
+            return out
         finally:
             with torch.no_grad():
                 for n, p in self.params.items():
