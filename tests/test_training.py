@@ -391,12 +391,14 @@ def test_resume_into_a_folder_without_a_run_says_it_starts_one(caplog):
     assert "holds no run yet; starting one there" in caplog.text and "/nonexistent/run" in caplog.text
 
 
-def test_a_missing_card_or_model_claims_no_run_folder(tiny, tmp_path, monkeypatch, capsys):
+def test_a_missing_card_model_or_file_claims_no_run_folder(tiny, tmp_path, monkeypatch, capsys):
     # refused before runs/<model>_<data>_<time> is made and runs/latest moved to it
     monkeypatch.chdir(tmp_path)
     argv = [a for a in tiny_args(tiny, tmp_path) if a not in ("--output_dir", str(tmp_path))]
     for extra, message in ((["--device", "cuda:99"], "--device cuda:99"),
-                           (["--model", "tfm"], "unknown --model 'tfm'")):
+                           (["--model", "tfm"], "unknown --model 'tfm'"),
+                           (["--data_path", "tiny.pk"], "--data_path tiny.pk: no such file or folder"),
+                           (["--eval_only", "--checkpoint", "best.pt"], "--checkpoint best.pt: no such file")):
         assert main([*argv, *extra]) == 1
         assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()

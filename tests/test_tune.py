@@ -144,7 +144,8 @@ def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [(["--device", "cuda:99"], "--device cuda:99"),  # no CUDA, or too few cards
-                                            (["--model", "tfm"], "unknown --model 'tfm'")])
+                                            (["--model", "tfm"], "unknown --model 'tfm'"),
+                                            (["--data_path", "tiny.pk"], "--data_path tiny.pk: no such file")])
 def test_a_missing_device_or_model_is_refused_before_the_study_holds_a_trial(tiny, tmp_path, capsys, flags, message):
     # these used to fail every trial of the study, one by one
     db = tmp_path / "study.db"

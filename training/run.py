@@ -117,9 +117,13 @@ def check_magnitudes(data: MultimodalData) -> None:
 
 def check_startable(cfg: Config) -> None:
     """What a start can refuse before it loads or writes anything (the CLI before it claims a run
-    folder, tune.py before it opens the study, every run): an unknown model, a missing device."""
+    folder, tune.py before it opens the study, every run): an unknown model, a missing device, a
+    ``--data_path`` or ``--checkpoint`` that is not there."""
     check_model_name(cfg.model)
     resolve_device(cfg.device)
+    for flag, path in (("--data_path", cfg.data_path), ("--checkpoint", cfg.checkpoint)):
+        if path and not os.path.exists(path):
+            raise ConfigError(f"{flag} {path}: no such file or folder")
 
 
 def check_model_name(name: str) -> None:
