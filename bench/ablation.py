@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.cli import run_reporting_errors
 from training.config import ArgumentParser, Config, HelpFormatter, add_config_arguments, fields_in
+from training.run import check_startable
 
 # the training flags the study takes (every variant starts from them)
 CONFIG_FLAGS = (*fields_in("data", "model", "loss", "train", "eval"), "output_dir")
@@ -164,8 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     base.update(quiet=True, tensorboard=False, resume=True, output_dir=args.output_dir)
     try:
         Config(**base).validate()
+        check_startable(Config(**base))  # a missing data file or card: before any variant's folder
     except ValueError as err:
         parser.error(str(err))
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     root = Path(args.output_dir)
     root.mkdir(parents=True, exist_ok=True)
     names = {f.name for f in dataclasses.fields(Config)}
@@ -173,9 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         assert set(VARIANTS[name]) <= names, name
         jobs.append((name, base, {**VARIANTS[name], "output_dir": str(root / name)}))
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for name in pool.map(_run_variant, jobs):
-            print(f"finished {name}", file=sys.stderr, flush=True)
+
+    def run_variants() -> None:  # a variant's user error (e.g. an unreadable data file) is one line
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            for name in pool.map(_run_variant, jobs):
+                print(f"finished {name}", file=sys.stderr, flush=True)
+
+    status = run_reporting_errors(run_variants, "interrupted")[1]
+    if status:
+        return status
     df = summarise(root, args.variants)
     df.to_csv(root / "ablation.csv", index=False)
     md = to_markdown(df)

@@ -128,3 +128,23 @@ def test_bench_refuses_a_missing_device_in_one_line(capsys):
     assert main(["--device", "cuda", "eval_sweep"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no CUDA device is available" in err
+
+
+def test_ablation_bad_input_is_one_line_and_makes_no_folder(tmp_path, capsys):
+    # was: a traceback from the worker process for a missing --data_path, and ProcessPoolExecutor's
+    # for --workers 0
+    from bench.ablation import main
+
+    out = tmp_path / "abl"
+    for argv, message in ((["--data_path", str(tmp_path / "absent.pkl")], "absent.pkl: no such file or folder"),
+                          (["--workers", "0"], "--workers must be >= 1")):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--output_dir", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 2 and len(err) == 1 and message in err[0], err
+    assert not out.exists()
+    (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
+    assert main(["--data_path", str(tmp_path / "bad.pkl"), "--variants", "default", "--workers", "1",
+                 "--output_dir", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "bad.pkl" in err[0], err
