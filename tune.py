@@ -163,6 +163,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
               (ns.timeout is None or ns.timeout > 0, "--timeout must be > 0"),
               threads_ok(ns.threads),
               (ns.sampler_seed is None or ns.sampler_seed >= 0, "--sampler_seed must be >= 0"),
+              (ns.pruner_startup_trials >= 0, "--pruner_startup_trials must be >= 0"),
               (ns.heartbeat_interval >= 0 and (ns.grace_period is None or ns.grace_period > 0),
                "--heartbeat_interval must be >= 0 and --grace_period > 0"),
               (len(set(ns.objective)) == len(ns.objective), "--objective names an objective twice"),

@@ -137,7 +137,10 @@ def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
     for argv, message in ((["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
                           (["--objective", "f1_robust", "ece", "--directions", "maximize"],
                            "one direction per objective"),
-                          (["--objective", "f2"], "unknown objective 'f2'")):
+                          (["--objective", "f2"], "unknown objective 'f2'"),
+                          (["--n_trials", "-3"], "--n_trials must be >= 0"),
+                          (["--timeout", "0"], "--timeout must be > 0"),
+                          (["--pruner_startup_trials", "-2"], "--pruner_startup_trials must be >= 0")):
         with pytest.raises(SystemExit) as exc:
             tune.main([*base, *argv])
         assert exc.value.code == 2 and message in capsys.readouterr().err
