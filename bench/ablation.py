@@ -165,8 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     base = {n: getattr(args, n) for n in CONFIG_FLAGS if n != "output_dir"}
     base.update(quiet=True, tensorboard=False, resume=True, output_dir=args.output_dir)
     try:
-        Config(**base).validate()
-        check_startable(Config(**base))  # a missing data file or card: before any variant's folder
+        cfg = Config(**base)
+        cfg.validate()
+        check_startable(cfg)  # a missing data file or card: before any variant's folder
     except ValueError as err:
         parser.error(str(err))
     if args.workers < 1:

@@ -128,8 +128,8 @@ def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray, levels:
     return batch
 
 
-# batch shapes under --compile with --length_buckets (``trim_to_longest(levels=)``): torch compiles each
-# graph twice (the first shape, then one with dynamic lengths), but CUDA graphs record one per shape
+# batch shapes under --compile with --length_buckets (``trim_to_longest(levels=)``): the compiled graphs
+# take the lengths as dynamic sizes, but CUDA graphs (``reduce-overhead``) are recorded once per shape
 BUCKET_LEVELS = 8
 BUCKET_WINDOW = 64  # batches whose rows are sorted by length together (``length_bucketed``)
 

@@ -299,7 +299,7 @@ class Trainer:
             torch.empty((), dtype=torch.int64).random_()
         order = epoch_order(train.n, self.loader_gen)
         lengths = np.asarray(train.lengths) if cfg.length_buckets else None
-        levels = 0 if self.forward is self.model else BUCKET_LEVELS  # compiled: a few batch shapes, one graph each
+        levels = 0 if self.forward is self.model else BUCKET_LEVELS  # compiled: few batch shapes (a CUDA graph each)
         if lengths is not None:
             order = torch.from_numpy(length_bucketed(order.numpy(), lengths, cfg.batch_size, self.loader_gen))
         order_host, order = order.numpy(), order.to(dev, non_blocking=True)
