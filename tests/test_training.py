@@ -474,9 +474,13 @@ def test_a_failed_start_does_not_block_the_corrected_command(tiny, tmp_path, cap
     out = tmp_path / "run"
     assert main(tiny_args(tiny, out, "--epochs", "1", "--model", "attention_robust_v5")) == 1
     _one_line(capsys.readouterr().err, "unknown --model 'attention_robust_v5'")
-    assert main(tiny_args(tmp_path / "typo.pkl", out, "--epochs", "1")) == 1
-    _one_line(capsys.readouterr().err, "typo.pkl")
-    assert not (out / "config.json").exists()
+    assert main(tiny_args(tmp_path / "typo.pkl", out, "--epochs", "1")) == 1  # refused before the folder
+    _one_line(capsys.readouterr().err, "--data_path " + str(tmp_path / "typo.pkl") + ": no such file or folder")
+    assert not out.exists()
+    (tmp_path / "broken.pkl").write_bytes(b"not a pickle")  # fails in loading, once the folder is claimed
+    assert main(tiny_args(tmp_path / "broken.pkl", out, "--epochs", "1")) == 1
+    _one_line(capsys.readouterr().err, "broken.pkl")
+    assert out.is_dir() and not (out / "config.json").exists()
     (out / "config.json").write_text("{}")  # left by an older version's failed start: still no run
     assert main(tiny_args(tiny, out, "--epochs", "1")) == 0
     assert json.loads((out / "config.json").read_text())["epochs"] == 1
