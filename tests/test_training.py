@@ -200,6 +200,11 @@ def test_eval_only_on_another_file_uses_the_saved_statistics(finished_run, tmp_p
     m = json.loads((out / "metrics.json").read_text())
     assert m["seeds"] == [7, 8] and set(m["results"]["missing_rate"]) == {"0.0", "0.5"}
     assert "modality missing rate p" in capsys.readouterr().out
+    # one seed's folder (it holds best.pt, no seed_*/): that seed alone; was "holds no seed_*/best.pt"
+    argv[argv.index(str(out))] = str(tmp_path / "eval_seed")
+    argv[argv.index(str(finished_run))] = str(finished_run / "seed_8")
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "eval_seed" / "metrics.json").read_text())["seeds"] == [8]
 
 
 def test_step_diagnostics_average_each_modality_over_the_rows_that_have_it():

@@ -406,8 +406,8 @@ def eval_conflicts(saved: Config, cfg: Config, given: set[str] | None) -> list[s
 
 
 def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
-    """``--eval_only``: evaluate ``cfg.checkpoint`` (a best.pt, or a run folder of seed_*/best.pt)
-    on the test split of ``cfg``'s data.
+    """``--eval_only``: evaluate ``cfg.checkpoint`` (a best.pt, a seed folder holding one, or a run
+    folder of seed_*/best.pt) on the test split of ``cfg``'s data.
 
     Everything that shaped training (model, losses, standardization and its statistics, task)
     comes from the checkpoint; ``cfg`` gives only ``EVAL_SETTINGS``. ``given`` names the flags
@@ -417,10 +417,12 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
     path = Path(cfg.checkpoint)
     if not path.exists():
         raise CheckpointError(f"--checkpoint {path} does not exist; give a run folder or a best.pt")
+    if path.is_dir() and not any(path.glob("seed_*/best.pt")) and (path / "best.pt").is_file():
+        path = path / "best.pt"  # one seed's folder, seed_<s>/
     files = sorted(path.glob("seed_*/best.pt")) if path.is_dir() else [path]
     if not files:
         raise CheckpointError(f"{path} holds no seed_*/best.pt checkpoint; give a run folder of a finished "
-                              f"training run or a best.pt")
+                              f"training run, one of its seed_<s> folders, or a best.pt")
     device = resolve_device(cfg.device)
     out = eval_output_dir(cfg, _run_folder(path), given)
     with run_lock(out):
