@@ -128,9 +128,11 @@ def trim_to_longest(batch: dict[str, torch.Tensor], lengths: np.ndarray, levels:
     return batch
 
 
-# batch shapes under --compile with --length_buckets (``trim_to_longest(levels=)``): the compiled graphs
-# take the lengths as dynamic sizes, but CUDA graphs (``reduce-overhead``) are recorded once per shape
-BUCKET_LEVELS = 8
+# batch lengths under --compile with --length_buckets (``trim_to_longest(levels=)``): the compiled graphs
+# take the lengths as dynamic sizes, but CUDA graphs (``reduce-overhead``) are recorded once per shape;
+# 7 lengths and the epoch's last, smaller batch (left at full length) are 8 shapes, the most torch
+# records without warning (torch._inductor.config.triton.cudagraph_dynamic_shape_warn_limit)
+BUCKET_LEVELS = 7
 BUCKET_WINDOW = 64  # batches whose rows are sorted by length together (``length_bucketed``)
 
 

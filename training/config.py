@@ -162,8 +162,8 @@ class Config:
     length_buckets: bool = _f(False, "batch training rows of similar length (sorted by their longest "
                               "modality within windows of 64 batches, the batches shuffled) and cut each batch "
                               "to its longest row: fewer padded steps for long, varied sequences (MOSEI); it "
-                              "changes which rows share a batch; with --compile each batch is cut to one of 8 "
-                              "fractions of the padded lengths instead (8 batch shapes)", group="train")
+                              "changes which rows share a batch; with --compile each batch is cut to one of 7 "
+                              "fractions of the padded lengths instead (at most 8 batch shapes)", group="train")
     distill_weight: float = _f(0.0, "self-distillation: pull each prediction made with train-time dropped "
                                "modalities toward the same model's prediction with all of the sample's "
                                "modalities (eval mode, no gradient); weight of that KL + L1 term (0 disables)",

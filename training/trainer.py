@@ -319,7 +319,9 @@ class Trainer:
                    disable=not self.progress, dynamic_ncols=True)
         for sl in bar:
             full = source.gather(order[sl])
-            if lengths is not None:  # similar lengths: cut the padding every row of the batch has
+            # similar lengths: cut the padding every row of the batch has (compiled: the last, smaller
+            # batch of the epoch, a shape of its own already, stays at full length)
+            if lengths is not None and not (levels and sl.stop - sl.start < cfg.batch_size):
                 full = trim_to_longest(full, lengths[order_host[sl]], levels)
             batch = apply_presence(full, full["presence"] & drops[sl])
             if levels and lengths is not None:  # compiled with dynamic lengths at once, not at the second shape
