@@ -414,9 +414,8 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
     given on the command line: one of them that contradicts the checkpoint is refused, and without
     ``output_dir`` among them the report goes to a new folder (``eval_output_dir``).
     """
+    check_startable(cfg)  # the checkpoint is there (the CLI checked before claiming its folder)
     path = Path(cfg.checkpoint)
-    if not path.exists():
-        raise CheckpointError(f"--checkpoint {path} does not exist; give a run folder or a best.pt")
     if path.is_dir() and not any(path.glob("seed_*/best.pt")) and (path / "best.pt").is_file():
         path = path / "best.pt"  # one seed's folder, seed_<s>/
     files = sorted(path.glob("seed_*/best.pt")) if path.is_dir() else [path]
