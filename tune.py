@@ -442,6 +442,11 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("fail_reason", reason)  # None: the trial did not fail
+            if self.start.compile != "none" or "compile" in self.space:
+                # the trial's compiled graphs (and CUDA graphs) go with its model; kept, every trial of
+                # another shape would add graphs, and from the ninth on torch would fall back to
+                # running the forward uncompiled (its recompile limit)
+                torch._dynamo.reset()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         return values[0] if len(values) == 1 else values

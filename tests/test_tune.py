@@ -241,6 +241,30 @@ def test_multi_objective_reports_the_pareto_front(tiny, tmp_path, fake_training)
     assert all(p["command"].startswith("bash train_v4.sh ") for p in best["pareto_front"])
 
 
+def test_every_trial_with_compile_compiles_its_own_forward(tiny, tmp_path, monkeypatch):
+    # the training forward's code is the same in every trial: without a reset between trials, each
+    # new shape (e.g. a width) added a graph until torch's recompile limit (8), and later trials ran
+    # uncompiled
+    import torch
+
+    compiled: list[int] = []
+
+    def fake(cfg, on_epoch=None, splits=("valid", "test"), data=None, stats=None):
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        step = torch.compile(lambda x: torch.tanh(x) * 2, backend="eager", dynamic=False)
+        step(torch.ones(round(cfg.lr * 1000)))  # a shape of its own per proposed lr
+        compiled.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+        return {"valid": {"results": fake_results(0.5)}}
+
+    monkeypatch.setattr(tune, "run_experiment", fake)
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # reached sooner than torch's 8
+    (tmp_path / "space.json").write_text('{"lr": {"type": "categorical", "choices": [0.001, 0.002, 0.003, 0.004]}}')
+    argv = tiny_args(tiny, tmp_path / "out", "--n_trials", "6", "--search_space", str(tmp_path / "space.json"),
+                     "--compile", "default", "--pruner", "none", "--skip_final_eval")
+    assert tune.main(argv) == 0
+    assert compiled == [1] * 6, compiled
+
+
 @pytest.mark.slow
 def test_rerun_with_the_same_sampler_seed_proposes_new_parameters(tiny, tmp_path, fake_training):
     (tmp_path / "space.yaml").write_text("lr: {low: 1.0e-4, high: 1.0e-2, log: true}\ndropout: {low: 0.0, high: 0.5}\n")
