@@ -77,6 +77,9 @@ def measure(shape: str | dict, n_train: int, device: torch.device, reps: int, mo
     and ``CUDA_MODELS`` on CUDA), trained side by side on generated data of ``shape``."""
     if models is None:
         models = MODELS | (CUDA_MODELS if device.type == "cuda" else {})
+    # graphs compiled for an earlier shape or benchmark of this process: torch keeps at most 8 per
+    # function and runs it uncompiled beyond, which would time the eager forward as "compiled"
+    torch._dynamo.reset()
     data = make_shaped(shape, (n_train, 32, 32), lengths=lengths)
     Standardizer.fit(data.splits["train"]).apply(data)
     amp = device.type == "cuda"

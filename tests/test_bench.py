@@ -148,3 +148,22 @@ def test_ablation_bad_input_is_one_line_and_makes_no_folder(tmp_path, capsys):
                  "--output_dir", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "bad.pkl" in err[0], err
+
+
+@pytest.mark.slow
+def test_throughput_measures_compile_each_shape_afresh(monkeypatch):
+    # measure() runs once per shape (and per benchmark) in one process; torch keeps a bounded number
+    # of graphs per function (8) and runs it uncompiled beyond, which would be timed as "compiled"
+    import torch
+
+    from bench.throughput import measure
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # reached at the second shape
+    new_graphs = []
+    for layout in ({"text": (4, 6), "audio": (8, 3), "vision": (6, 2)},
+                   {"text": (5, 7), "audio": (9, 4), "vision": (7, 3)}):
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        measure(layout, 32, torch.device("cpu"), 1, {"compiled": {"compile": "default", "hidden_dim": 16,
+                                                                   "num_heads": 2}})
+        new_graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
+    assert all(n >= 1 for n in new_graphs), new_graphs
