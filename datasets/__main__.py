@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     target = args.path_or_name
     is_name = target in DATASETS and not os.path.exists(target)
+    if is_name and target != "synthetic":  # the loader's message names the training CLI's --data_path
+        print(f"error: {target}: this project cannot download data sets (no internet); give the path of its "
+              "MMSA/MulT pickle or .csd folder instead of the name", file=sys.stderr)
+        return 1
     try:
         data = load_data(dataset=target if is_name else "synthetic", data_path=None if is_name else target,
                          data_format=args.data_format, synthetic_seed=args.synthetic_seed,

@@ -609,3 +609,13 @@ def test_trim_to_longest_cuts_only_padding_and_with_levels_takes_few_shapes(leve
             assert kept == tuple(-(-k * L // levels) for L in padded.values())
         shapes.add(kept)
     assert 1 < len(shapes) <= (levels or 10 ** 6)
+
+
+def test_datasets_command_on_a_name_asks_for_the_path(capsys):
+    # was: "pass --data_path PATH", a flag this command does not have
+    from datasets.__main__ import main
+
+    assert main(["mosei"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "give the path of its MMSA/MulT pickle or .csd folder" in err[0], err
+    assert "--data_path" not in err[0]
