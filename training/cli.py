@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") ->
     def claim_run_dir() -> None:  # every run its own folder: runs/<model>_<data>_<time>, linked as runs/latest
         from training.run import check_startable
 
-        check_startable(cfg)  # a typo in --model or a card this machine lacks: before a folder is claimed
+        check_startable(cfg)  # a typo in --model or a path, or a card this machine lacks: before a folder is claimed
         if cfg.output_dir is None and not cfg.eval_only:  # --eval_only picks a folder beside the evaluated run
             with writing(RUNS_ROOT):
                 cfg.output_dir = new_run_dir(cfg)

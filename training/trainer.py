@@ -299,7 +299,8 @@ class Trainer:
             torch.empty((), dtype=torch.int64).random_()
         order = epoch_order(train.n, self.loader_gen)
         lengths = np.asarray(train.lengths) if cfg.length_buckets else None
-        levels = 0 if self.forward is self.model else BUCKET_LEVELS  # compiled: few batch shapes (a CUDA graph each)
+        # compiled buckets: few batch shapes (a CUDA graph each), with the lengths dynamic in the graphs
+        levels = BUCKET_LEVELS if lengths is not None and self.forward is not self.model else 0
         if lengths is not None:
             order = torch.from_numpy(length_bucketed(order.numpy(), lengths, cfg.batch_size, self.loader_gen))
         order_host, order = order.numpy(), order.to(dev, non_blocking=True)
@@ -324,7 +325,7 @@ class Trainer:
             if lengths is not None and not (levels and sl.stop - sl.start < cfg.batch_size):
                 full = trim_to_longest(full, lengths[order_host[sl]], levels)
             batch = apply_presence(full, full["presence"] & drops[sl])
-            if levels and lengths is not None:  # compiled with dynamic lengths at once, not at the second shape
+            if levels:  # compiled with dynamic lengths at once, not at the second shape
                 for m in MODALITIES:
                     torch._dynamo.maybe_mark_dynamic(batch[m], 1)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
