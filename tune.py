@@ -586,6 +586,11 @@ def setup_logging(quiet: bool) -> None:
 def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
     """Create or resume the study, run this process's trials, write the results."""
     out = Path(base.output_dir).resolve()
+    n_trials = 20 if ns.n_trials is None and ns.timeout is None else ns.n_trials
+    report_only = f"--n_trials 0 reports on an existing study, and there is no study {ns.study_name!r} in "
+    if n_trials == 0 and ns.storage is None and not (out / "study.db").exists():
+        raise TuneError(f"{report_only}{out}; give the --output_dir (or --storage) of the study to report on, "
+                        f"or --n_trials N to run trials")
     out.mkdir(parents=True, exist_ok=True)
     ns.storage = ns.storage or f"sqlite:///{out / 'study.db'}"
     space = build_space(ns, base, fixed)
@@ -595,9 +600,10 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
     if ns.threads:
         torch.set_num_threads(ns.threads)
     storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
+    if n_trials == 0 and ns.study_name not in optuna.study.get_all_study_names(storage):
+        raise TuneError(f"{report_only}{mask_url(ns.storage)}; give its --study_name, or --n_trials N to run trials")
     study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs))
     data, stats = load_and_standardize(start)  # once: every trial trains on the same data
-    n_trials = 20 if ns.n_trials is None and ns.timeout is None else ns.n_trials
     log.info("study %r in %s: %d trials so far; searching %s", ns.study_name, mask_url(ns.storage),
              len(study.trials), ", ".join(space))
     if n_trials != 0:  # each trial start first fails (and requeues) the trials whose heartbeat stopped

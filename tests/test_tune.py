@@ -146,6 +146,21 @@ def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
         assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_report_only_on_a_study_that_is_not_there_is_refused_before_anything_is_written(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert tune.main([*tiny_args(tiny, out), "--n_trials", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --n_trials 0 reports on an existing study, and there is no study 'attention_robust_v4_tiny' in "
+                   f"{out}; give the --output_dir (or --storage) of the study to report on, or --n_trials N to run "
+                   f"trials"]
+    assert not out.exists()
+    db = tmp_path / "other.db"
+    optuna.create_study(storage=f"sqlite:///{db}", study_name="other")
+    assert tune.main([*tiny_args(tiny, out), "--n_trials", "0", "--storage", f"sqlite:///{db}"]) == 1
+    assert "no study 'attention_robust_v4_tiny' in sqlite:///" in capsys.readouterr().err
+    assert optuna.study.get_all_study_names(f"sqlite:///{db}") == ["other"]
+
+
 @pytest.mark.parametrize("flags, message", [(["--device", "cuda:99"], "--device cuda:99"),  # no CUDA, or too few cards
                                             (["--model", "tfm"], "unknown --model 'tfm'"),
                                             (["--data_path", "tiny.pk"], "--data_path tiny.pk: no such file")])
