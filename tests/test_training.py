@@ -409,6 +409,22 @@ def test_a_missing_card_model_or_file_claims_no_run_folder(tiny, tmp_path, monke
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_data_file_that_cannot_be_read_leaves_no_run_folder_and_latest_where_it_was(tiny, tmp_path, monkeypatch,
+                                                                                      capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
+    argv = [a for a in tiny_args(tiny, tmp_path) if a not in ("--output_dir", str(tmp_path))]
+    argv[argv.index("--data_path") + 1] = "bad.pkl"
+    assert main(argv) == 1  # no earlier run: nothing is left, runs/latest included
+    assert "bad.pkl: unreadable or truncated pickle" in capsys.readouterr().err
+    assert list((tmp_path / "runs").iterdir()) == []
+    (tmp_path / "runs" / "earlier").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to("earlier")
+    assert main(argv) == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier", "latest"]
+    assert os.readlink(tmp_path / "runs" / "latest") == "earlier"
+
+
 @pytest.mark.slow
 def test_a_run_without_output_dir_gets_its_own_folder_and_the_bar_warns_nothing(tiny, tmp_path, monkeypatch):
     import warnings

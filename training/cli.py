@@ -15,9 +15,10 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from training.config import RUNS_ROOT, Config, build_parser, config_from_args, new_run_dir
+from training.config import RUNS_ROOT, Config, build_parser, config_from_args, new_run_dir, point_latest
 from training.errors import UserError, writing
 
 EXIT_ERROR = 1
@@ -75,6 +76,25 @@ def threads_ok(n: int) -> tuple[bool, str]:
     return 0 <= n <= cores, f"--threads must lie in 0..{cores} (0: torch's default; this machine has {cores} CPU cores)"
 
 
+def release_unused_run_dir(folder: str, latest_before: str | None, root: str = RUNS_ROOT) -> None:
+    """Undo ``new_run_dir`` for a run that ended before it wrote anything (a data file that cannot be
+    read, an interrupt while loading): remove ``folder`` if it holds nothing but the run lock, and
+    point ``ROOT/latest`` back where it pointed before (or remove it), unless another run has moved it."""
+    from training.run import LOCK_FILE
+
+    path = Path(folder)
+    if not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir()):
+        return
+    (path / LOCK_FILE).unlink(missing_ok=True)
+    path.rmdir()
+    latest = Path(root) / "latest"
+    if latest.is_symlink() and os.readlink(latest) == path.name:
+        if latest_before is None:
+            latest.unlink()
+        else:
+            point_latest(root, latest_before)
+
+
 def parse_command_line(argv: list[str] | None, prog: str) -> tuple[Config, set[str], int]:
     """(config, names of the config flags given explicitly, --threads)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,13 +117,18 @@ def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") ->
     cfg, given, threads = parse_command_line(argv, prog)  # argparse prints the error line and exits 2 itself
     setup_logging(cfg.quiet)
 
+    claimed: list[tuple[str, str | None]] = []  # (the folder this command made, runs/latest before it)
+
     def claim_run_dir() -> None:  # every run its own folder: runs/<model>_<data>_<time>, linked as runs/latest
         from training.run import check_startable
 
         check_startable(cfg)  # a typo in --model or a path, or a card this machine lacks: before a folder is claimed
         if cfg.output_dir is None and not cfg.eval_only:  # --eval_only picks a folder beside the evaluated run
+            latest = os.path.join(RUNS_ROOT, "latest")
+            before = os.readlink(latest) if os.path.islink(latest) else None
             with writing(RUNS_ROOT):
                 cfg.output_dir = new_run_dir(cfg)
+            claimed.append((cfg.output_dir, before))
 
     _, status = run_reporting_errors(claim_run_dir, "interrupted")
     if status:
@@ -123,6 +148,8 @@ def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") ->
     metrics, status = run_reporting_errors(
         run, f"interrupted; rerun with --resume --output_dir {cfg.output_dir} to continue")
     if status:
+        for folder, before in claimed:
+            release_unused_run_dir(folder, before)
         return status
     print(metrics["test"]["table"])
     print(f"\nwrote {metrics.get('output_dir', cfg.output_dir)}/metrics.json, predictions.npz, results.csv and plots")

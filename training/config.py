@@ -576,12 +576,19 @@ def new_run_dir(cfg: Config, root: str = RUNS_ROOT) -> str:
             continue
     else:  # pragma: no cover - a thousand runs started in one second
         raise FileExistsError(f"{stem}: no free run folder name")
-    latest, tmp = Path(root) / "latest", Path(root) / f".latest.{os.getpid()}"
+    latest = Path(root) / "latest"
     if latest.is_symlink() or not latest.exists():  # never replace a real file or folder named latest
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(path.name, target_is_directory=True)
-        os.replace(tmp, latest)
+        point_latest(root, path.name)
     return str(path)
+
+
+def point_latest(root: str, target: str) -> None:
+    """Make ``ROOT/latest`` a link to ``target`` (a name inside ``root``) in one step: a reader never
+    finds it missing."""
+    tmp = Path(root) / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, Path(root) / "latest")
 
 
 def save_config(cfg: Config, path: str) -> None:
