@@ -150,9 +150,9 @@ def test_report_only_on_a_study_that_is_not_there_is_refused_before_anything_is_
     out = tmp_path / "out"
     assert tune.main([*tiny_args(tiny, out), "--n_trials", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --n_trials 0 reports on an existing study, and there is no study 'attention_robust_v4_tiny' in "
-                   f"{out}; give the --output_dir (or --storage) of the study to report on, or --n_trials N to run "
-                   f"trials"]
+    assert err == [f"error: --n_trials 0 reports on an existing study, and there is no study "
+                   f"'attention_robust_v4_tiny' in {out}; give the --output_dir (or --storage) of the study to report "
+                   f"on, or --n_trials N to run trials"]
     assert not out.exists()
     db = tmp_path / "other.db"
     optuna.create_study(storage=f"sqlite:///{db}", study_name="other")
