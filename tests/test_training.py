@@ -424,6 +424,36 @@ def test_a_data_file_that_cannot_be_read_leaves_no_run_folder_and_latest_where_i
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier", "latest"]
     assert os.readlink(tmp_path / "runs" / "latest") == "earlier"
 
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("training.run.load_data", interrupt)  # Ctrl-C while loading: the folder its message names stays
+    assert main(argv) == 130
+    folder = re.search(r"--output_dir (\S+) to continue", capsys.readouterr().err).group(1)
+    assert os.readlink(tmp_path / "runs" / "latest") == Path(folder).name and Path(folder).is_dir()
+
+
+def test_releasing_a_claimed_folder_spares_a_folder_in_use_and_never_leaves_latest_dangling(tmp_path):
+    from training.cli import release_unused_run_dir
+    from training.config import point_latest
+    from training.run import run_lock
+
+    root = tmp_path / "runs"
+    for name in ("x", "y", "z"):
+        (root / name).mkdir(parents=True)
+        (root / name / ".lock").touch()
+    point_latest(str(root), "y")
+    with run_lock(root / "y"):  # another process (e.g. --resume --output_dir runs/latest) holds it
+        release_unused_run_dir(str(root / "y"), "x", str(root))
+    assert (root / "y").is_dir() and os.readlink(root / "latest") == "y"
+    release_unused_run_dir(str(root / "y"), "x", str(root))
+    assert not (root / "y").exists() and os.readlink(root / "latest") == "x"
+    point_latest(str(root), "z")
+    (root / "x" / ".lock").unlink()
+    (root / "x").rmdir()  # the folder latest pointed at before is gone meanwhile
+    release_unused_run_dir(str(root / "z"), "x", str(root))
+    assert sorted(p.name for p in root.iterdir()) == []
+
 
 @pytest.mark.slow
 def test_a_run_without_output_dir_gets_its_own_folder_and_the_bar_warns_nothing(tiny, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import logging
 import os
 import sys
@@ -77,22 +78,28 @@ def threads_ok(n: int) -> tuple[bool, str]:
 
 
 def release_unused_run_dir(folder: str, latest_before: str | None, root: str = RUNS_ROOT) -> None:
-    """Undo ``new_run_dir`` for a run that ended before it wrote anything (a data file that cannot be
-    read, an interrupt while loading): remove ``folder`` if it holds nothing but the run lock, and
-    point ``ROOT/latest`` back where it pointed before (or remove it), unless another run has moved it."""
+    """Undo ``new_run_dir`` for a run that failed before it wrote anything (e.g. a data file that
+    cannot be read): remove ``folder`` if it holds nothing but the run lock and no process holds that
+    lock, and point ``ROOT/latest`` back where it pointed before, if that folder is still there
+    (otherwise remove the link); a ``latest`` another run has moved is left alone."""
     from training.run import LOCK_FILE
 
     path = Path(folder)
-    if not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir()):
+    try:
+        if not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir()):
+            return
+        with open(path / LOCK_FILE, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: another process works there
+            (path / LOCK_FILE).unlink()
+        path.rmdir()
+    except OSError:  # in use, or something appeared there meanwhile: leave it
         return
-    (path / LOCK_FILE).unlink(missing_ok=True)
-    path.rmdir()
     latest = Path(root) / "latest"
     if latest.is_symlink() and os.readlink(latest) == path.name:
-        if latest_before is None:
-            latest.unlink()
-        else:
+        if latest_before is not None and (Path(root) / latest_before).is_dir():
             point_latest(root, latest_before)
+        else:
+            latest.unlink(missing_ok=True)
 
 
 def parse_command_line(argv: list[str] | None, prog: str) -> tuple[Config, set[str], int]:
@@ -148,8 +155,9 @@ def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") ->
     metrics, status = run_reporting_errors(
         run, f"interrupted; rerun with --resume --output_dir {cfg.output_dir} to continue")
     if status:
-        for folder, before in claimed:
-            release_unused_run_dir(folder, before)
+        if status == 1:  # a failed start leaves nothing; an interrupt keeps the folder its message names
+            for folder, before in claimed:
+                release_unused_run_dir(folder, before)
         return status
     print(metrics["test"]["table"])
     print(f"\nwrote {metrics.get('output_dir', cfg.output_dir)}/metrics.json, predictions.npz, results.csv and plots")
