@@ -114,7 +114,7 @@ def test_argparse_errors_are_one_line(capsys):
     ("seeds", [1, -1], "seeds must lie in 0 .. 2**64 - 1"),  # was: numpy's traceback
     ("seeds", [2**64], "seeds must lie in 0 .. 2**64 - 1"),
     ("synthetic_seed", -5, "synthetic_seed must lie in"),  # was: numpy's traceback
-    ("warmup_epochs", -1, "warmup_epochs must be >= 0"),  # was: accepted, as 0
+    ("warmup_epochs", -1, "warmup_epochs must be >= 0"),  # was: accepted (it shifted the cosine schedule)
     ("kl_warmup_epochs", -1, "kl_warmup_epochs must be >= 0"),
     ("num_classes", 5, "num_classes must be one of 2, 3, 7, got 5"),  # Python API / tune: no argparse choices
     ("encoder", "gru", "encoder must be one of mlp, lstm, cfc"),
@@ -125,6 +125,22 @@ def test_validate_refuses_what_the_fields_types_and_choices_exclude(field, value
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         Config(**{field: value}).validate()
+
+
+def test_settings_earlier_versions_trained_with_still_load_from_their_runs():
+    # config.json and checkpoints of runs started before those values were refused: --resume and
+    # --eval_only must still read them, unchanged
+    from training.config import Config
+    from training.errors import ConfigError
+
+    old = {"warmup_epochs": -1, "kl_warmup_epochs": -2, "fusion_temperature": float("inf")}
+    saved = json.loads(json.dumps(Config(**old).to_dict()))  # as written in config.json (Infinity)
+    cfg = Config.from_dict(saved)
+    assert (cfg.warmup_epochs, cfg.kl_warmup_epochs, cfg.fusion_temperature) == (-1, -2, float("inf"))
+    with pytest.raises(ConfigError, match="unknown config keys: hidden"):
+        Config.from_dict({**saved, "hidden": 3})
+    with pytest.raises(ConfigError, match="hidden_dim must be > 0"):  # every other check still applies
+        Config.from_dict({**saved, "hidden_dim": 0})
 
 
 def test_bad_numbers_on_the_command_line_are_one_line_before_any_folder(tmp_path, capsys):

@@ -231,18 +231,22 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         cfg = cls(**d)
-        cfg.validate()
+        cfg.validate(saved=True)
         return cfg
 
-    def validate(self) -> None:
-        """Raise ConfigError (a ValueError) naming the first setting out of its range."""
+    def validate(self, saved: bool = False) -> None:
+        """Raise ConfigError (a ValueError) naming the first setting out of its range.
+
+        ``saved``: the settings of a run written earlier (``config.json``, a checkpoint). Values that
+        earlier versions accepted and trained with (an infinite float, a negative warm-up) are refused
+        for new runs only, so such runs still resume and evaluate as they were trained."""
         for f in dataclasses.fields(self):  # what every field's type and metadata already say
             value = getattr(self, f.name)
             items = value if isinstance(value, list) else [value]
             choices = f.metadata.get("choices")
             if choices is not None and not all(v in choices for v in items):
                 raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value}")
-            if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            if not saved and any(isinstance(v, float) and not math.isfinite(v) for v in items):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
         checks = [
             (self.hidden_dim > 0, "hidden_dim must be > 0"),
@@ -265,8 +269,8 @@ class Config:
             (len(self.seeds) > 0, "give at least one seed"),
             (all(0 <= s < 2**64 for s in self.seeds), "seeds must lie in 0 .. 2**64 - 1 (torch's and numpy's range)"),
             (0 <= self.synthetic_seed < 2**64, "synthetic_seed must lie in 0 .. 2**64 - 1"),
-            (self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0 (0: no warm-up)"),
-            (self.warmup_epochs >= 0, "warmup_epochs must be >= 0 (0: no warm-up)"),
+            (saved or self.kl_warmup_epochs >= 0, "kl_warmup_epochs must be >= 0 (0: no warm-up)"),
+            (saved or self.warmup_epochs >= 0, "warmup_epochs must be >= 0 (0: no warm-up)"),
             (len(set(self.seeds)) == len(self.seeds),
              f"--seeds {' '.join(map(str, self.seeds))} names a seed twice; give each seed once"),
             (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
