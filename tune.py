@@ -365,6 +365,15 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int | None) ->
     raise AssertionError("unreachable")
 
 
+def study_exists(ns: argparse.Namespace) -> bool:
+    """Whether ``--storage`` holds ``--study_name``, without creating anything: a SQLite file that is not
+    there holds none."""
+    if ns.storage.startswith("sqlite:///") and not Path(ns.storage.removeprefix("sqlite:///")).is_file():
+        return False
+    storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
+    return ns.study_name in optuna.study.get_all_study_names(storage)
+
+
 def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBStorage,
                          pruner: optuna.pruners.BasePruner) -> optuna.Study:
     """Create the study or resume it (its objectives and directions must match); the sampler's seed
@@ -587,21 +596,20 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
     """Create or resume the study, run this process's trials, write the results."""
     out = Path(base.output_dir).resolve()
     n_trials = 20 if ns.n_trials is None and ns.timeout is None else ns.n_trials
-    report_only = f"--n_trials 0 reports on an existing study, and there is no study {ns.study_name!r} in "
-    if n_trials == 0 and ns.storage is None and not (out / "study.db").exists():
-        raise TuneError(f"{report_only}{out}; give the --output_dir (or --storage) of the study to report on, "
-                        f"or --n_trials N to run trials")
-    out.mkdir(parents=True, exist_ok=True)
+    where = mask_url(ns.storage) if ns.storage else str(out)
     ns.storage = ns.storage or f"sqlite:///{out / 'study.db'}"
     space = build_space(ns, base, fixed)
     if not space:
         raise TuneError("the search space is empty: every parameter is fixed on the command line")
     start = search_base(base, fixed, ns.objective)
+    if n_trials == 0 and not study_exists(ns):  # before the output folder or a database file is made
+        raise TuneError(f"--n_trials 0 reports on an existing study, and {where} holds no study {ns.study_name!r}; "
+                        f"give the --output_dir, or --storage and --study_name, of the study to report on, or "
+                        f"--n_trials N to run trials")
+    out.mkdir(parents=True, exist_ok=True)
     if ns.threads:
         torch.set_num_threads(ns.threads)
     storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
-    if n_trials == 0 and ns.study_name not in optuna.study.get_all_study_names(storage):
-        raise TuneError(f"{report_only}{mask_url(ns.storage)}; give its --study_name, or --n_trials N to run trials")
     study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs))
     data, stats = load_and_standardize(start)  # once: every trial trains on the same data
     log.info("study %r in %s: %d trials so far; searching %s", ns.study_name, mask_url(ns.storage),

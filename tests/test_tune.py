@@ -150,15 +150,17 @@ def test_report_only_on_a_study_that_is_not_there_is_refused_before_anything_is_
     out = tmp_path / "out"
     assert tune.main([*tiny_args(tiny, out), "--n_trials", "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"error: --n_trials 0 reports on an existing study, and there is no study "
-                   f"'attention_robust_v4_tiny' in {out}; give the --output_dir (or --storage) of the study to report "
-                   f"on, or --n_trials N to run trials"]
-    assert not out.exists()
-    db = tmp_path / "other.db"
-    optuna.create_study(storage=f"sqlite:///{db}", study_name="other")
-    assert tune.main([*tiny_args(tiny, out), "--n_trials", "0", "--storage", f"sqlite:///{db}"]) == 1
-    assert "no study 'attention_robust_v4_tiny' in sqlite:///" in capsys.readouterr().err
-    assert optuna.study.get_all_study_names(f"sqlite:///{db}") == ["other"]
+    assert err == [f"error: --n_trials 0 reports on an existing study, and {out} holds no study "
+                   f"'attention_robust_v4_tiny'; give the --output_dir, or --storage and --study_name, of the study "
+                   f"to report on, or --n_trials N to run trials"]
+    new, other = tmp_path / "new.db", tmp_path / "other.db"
+    assert tune.main([*tiny_args(tiny, out), "--n_trials", "0", "--storage", f"sqlite:///{new}"]) == 1
+    assert f"sqlite:///{new} holds no study 'attention_robust_v4_tiny'" in capsys.readouterr().err
+    optuna.create_study(storage=f"sqlite:///{other}", study_name="other")
+    assert tune.main([*tiny_args(tiny, out), "--n_trials", "0", "--storage", f"sqlite:///{other}"]) == 1
+    assert "holds no study 'attention_robust_v4_tiny'" in capsys.readouterr().err
+    assert optuna.study.get_all_study_names(f"sqlite:///{other}") == ["other"]
+    assert not out.exists() and not new.exists()
 
 
 @pytest.mark.parametrize("flags, message", [(["--device", "cuda:99"], "--device cuda:99"),  # no CUDA, or too few cards
@@ -293,6 +295,10 @@ def test_rerun_with_the_same_sampler_seed_proposes_new_parameters(tiny, tmp_path
     first = two_trials(tmp_path / "out")
     both = two_trials(tmp_path / "out")  # the same command again: 2 more trials in the same study
     assert both[:2] == first and len(both) == 4
+    (tmp_path / "out" / "best.json").unlink()
+    assert tune.main(tiny_args(tiny, tmp_path / "out", "--n_trials", "0", "--skip_final_eval")) == 0  # report only
+    assert json.loads((tmp_path / "out" / "best.json").read_text())["params"] in both
+    assert len(load(f"sqlite:///{(tmp_path / 'out').resolve() / 'study.db'}", "attention_robust_v4_tiny").trials) == 4
     assert not any(p in first for p in both[2:]), "the rerun re-proposed the first run's parameters"
     assert two_trials(tmp_path / "other") == first  # a new study with the same seed: the same proposals
 
