@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -1015,7 +1016,10 @@ def test_compiled_length_buckets_take_at_most_bucket_levels_shapes_and_learn(tmp
     ("RuntimeError", "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
                      "you tried to allocate 1200000000000 bytes."),
     ("MemoryError", "Unable to allocate 31.0 GiB for an array with shape (16326, 500, 74) and data type float32"),
-], ids=["cuda", "torch-cpu", "numpy"])
+    ("RuntimeError", "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    ("RuntimeError", "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    ("OSError", "[Errno 12] Cannot allocate memory"),
+], ids=["cuda", "torch-cpu", "numpy", "cuda-kernel", "cublas", "enomem"])
 def test_running_out_of_memory_is_one_line_naming_what_to_shrink(tiny, tmp_path, capsys, monkeypatch, error):
     # was: torch's or numpy's traceback (e.g. --hidden_dim 1000000000, or a batch too large for the GPU)
     import torch
@@ -1025,6 +1029,8 @@ def test_running_out_of_memory_is_one_line_naming_what_to_shrink(tiny, tmp_path,
     kind, message = error
 
     def full(self):
+        if kind == "OSError":
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
         raise {"OutOfMemoryError": torch.OutOfMemoryError, "RuntimeError": RuntimeError,
                "MemoryError": MemoryError}[kind](message)
 
@@ -1035,6 +1041,13 @@ def test_running_out_of_memory_is_one_line_naming_what_to_shrink(tiny, tmp_path,
     monkeypatch.setattr(Trainer, "train_epoch", lambda self: 1 / 0)  # any other error is a bug: its traceback
     with pytest.raises(ZeroDivisionError):
         main(tiny_args(tiny, tmp_path / "out2"))
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Trainer, "train_epoch", disk_full)  # another OSError is not reported as memory
+    with pytest.raises(OSError, match="No space left"):
+        main(tiny_args(tiny, tmp_path / "out3"))
 
 
 def test_a_failing_compilation_is_one_line_naming_the_flag(tiny, tmp_path, capsys, monkeypatch):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import fcntl
 import logging
 import os
@@ -52,7 +53,7 @@ def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
             raise
         print(f"error: {err}", file=sys.stderr)
         return None, EXIT_ERROR
-    except (MemoryError, RuntimeError) as err:
+    except (MemoryError, RuntimeError, OSError) as err:
         if not out_of_memory(err) or os.environ.get("ATTENTION_ROBUST_DEBUG"):
             raise
         first = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
@@ -61,12 +62,23 @@ def run_reporting_errors(fn: Callable[[], Any], interrupted: str,
         return None, EXIT_ERROR
 
 
+# How a failed allocation reads where it is no MemoryError: torch's CPU allocator, a CUDA kernel or
+# library that could not get device memory.
+OUT_OF_MEMORY_MESSAGES = ("can't allocate memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                          "CUDNN_STATUS_ALLOC_FAILED")
+
+
 def out_of_memory(err: BaseException) -> bool:
-    """Whether ``err`` is an allocation that failed: numpy's MemoryError, CUDA's out-of-memory error, or
-    torch's CPU allocator refusing a size."""
+    """Whether ``err`` is an allocation that failed: numpy's MemoryError, CUDA's out-of-memory error, the
+    system refusing memory (ENOMEM: a memory map of ``--feature_cache``, a worker process), or one of
+    ``OUT_OF_MEMORY_MESSAGES``."""
     import torch
 
-    return isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in str(err)
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOMEM
+    return any(m in str(err) for m in OUT_OF_MEMORY_MESSAGES)
 
 
 def threads_ok(n: int) -> tuple[bool, str]:
