@@ -42,6 +42,7 @@ class MultimodalModel(nn.Module, abc.ABC):
     score/class heads the baselines share (``add_heads`` + ``predict``)."""
 
     fuses_groups = False  # True: eval-mode ``fuse`` accepts presence (G * B, 3) (see the module docstring)
+    min_batch_size = 1  # 2 for a model with BatchNorm: a training batch of one row has no batch statistics
 
     @abc.abstractmethod
     def encode(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:

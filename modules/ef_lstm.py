@@ -80,6 +80,8 @@ def align_to_text(batch: dict) -> dict[str, torch.Tensor]:
 class EFLSTM(MultimodalModel):
     """Early-fusion LSTM; see the module docstring for shapes, masking and unaligned data."""
 
+    min_batch_size = 2  # BatchNorm
+
     def __init__(self, cfg, dims: dict[str, int]):
         super().__init__()
         h = cfg.hidden_dim

@@ -38,6 +38,8 @@ class LFDNN(MultimodalModel):
     no auxiliary losses.
     """
 
+    min_batch_size = 2  # BatchNorm
+
     def __init__(self, cfg, dims: dict[str, int]):
         super().__init__()
         h = cfg.hidden_dim

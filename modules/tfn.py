@@ -49,6 +49,8 @@ class TextSubNet(nn.Module):
 class TFN(MultimodalModel):
     """Tensor Fusion Network; see the module docstring for shapes and masking."""
 
+    min_batch_size = 2  # BatchNorm
+
     def __init__(self, cfg, dims: dict[str, int]):
         super().__init__()
         h = cfg.hidden_dim

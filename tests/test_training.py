@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -189,6 +190,71 @@ def test_resume_with_other_settings_is_refused_and_keeps_the_run(finished_run, t
     assert len(err) == 1 and "was started with other settings" in err[0]
     assert "lr 0.001 -> 0.01" in err[0] and "unimodal_weight 0.0 -> 1.0" in err[0]
     assert {p: (finished_run / p).read_bytes() for p in before} == before
+    # fewer seeds: was accepted, and the report shrank to them
+    assert main(tiny_args(tiny, finished_run, "--seeds", "8", "--resume")) == 1
+    _one_line(capsys.readouterr().err, "--seeds 8 leaves out seed(s) 7 of")
+    assert {p: (finished_run / p).read_bytes() for p in before} == before
+
+
+def test_eval_only_never_writes_inside_the_run_and_a_failed_one_leaves_no_folder(finished_run, tmp_path, capsys,
+                                                                                 caplog):
+    (tmp_path / "bad.pkl").write_bytes(b"not a pickle")
+    base = ["--eval_only", "--checkpoint", str(finished_run), "--quiet", "--eval_frame_missing_rates", "0.0"]
+    # was: the report written into the evaluated run's seed folder
+    assert main([*base, "--output_dir", str(finished_run / "seed_7")]) == 1
+    _one_line(capsys.readouterr().err, "is inside the folder of the run being evaluated")
+    # was: an empty folder holding only .lock
+    assert main([*base, "--data_path", str(tmp_path / "bad.pkl"), "--output_dir", str(tmp_path / "ev")]) == 1
+    assert "unreadable or truncated pickle" in capsys.readouterr().err and not (tmp_path / "ev").exists()
+
+
+def test_eval_only_says_when_a_seed_did_not_finish_training(finished_run, tiny, tmp_path, caplog):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "seed_8" / "result.json").unlink()  # as if killed while training seed 8
+    with caplog.at_level("WARNING"):
+        assert main(["--eval_only", "--checkpoint", str(run), "--data_path", str(tiny), "--quiet",
+                     "--eval_frame_missing_rates", "0.0", "--output_dir", str(tmp_path / "ev")]) == 0
+    assert f"{run / 'seed_8'} did not finish training" in caplog.text and "seed_7 did not" not in caplog.text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model", "lf_dnn", "--batch_size", "1"], "--model lf_dnn normalizes over the batch (BatchNorm): --batch_size "
+                                                 "must be >= 2"),  # was: BatchNorm's ValueError after a seed began
+    (["--output_dir", ""], "--output_dir is empty"),  # was: the run written into the current folder
+    (["--data_path", ""], "--data_path is empty"),  # was: "error: : no such file or folder"
+])
+def test_settings_no_run_can_use_are_refused_in_one_line_before_any_folder(tiny, tmp_path, monkeypatch, capsys, flags,
+                                                                           message):
+    monkeypatch.chdir(tmp_path)
+    argv = tiny_args(tiny, tmp_path / "out", *flags)  # the last of a flag given twice wins
+    with pytest.raises(SystemExit) if "" in flags else contextlib.nullcontext() as exc:
+        assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert exc is None or exc.value.code == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_training_split_of_one_sample_is_refused(tmp_path, capsys):
+    data = tiny_pickle(tmp_path / "one.pkl", n=(1, 48, 64))  # was: finished after 0 optimizer steps
+    assert main(tiny_args(data, tmp_path / "out")) == 1
+    _one_line(capsys.readouterr().err, "the training split holds 1 sample; training needs at least 2")
+
+
+def test_resume_into_a_run_without_its_config_is_refused_not_restarted_with_defaults(finished_run, tmp_path, capsys):
+    # was: "holds no run yet; starting one there" with default settings, over the run's report
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    (out / "config.json").unlink()
+    before = (out / "metrics.json").read_bytes()
+    assert main(["--resume", "--output_dir", str(out), "--quiet"]) == 1
+    _one_line(capsys.readouterr().err, "holds a run (metrics.json, seed_7/best.pt, seed_7/last.pt) but no config.json")
+    assert (out / "metrics.json").read_bytes() == before
 
 
 @pytest.mark.slow

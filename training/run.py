@@ -23,6 +23,7 @@ import torch
 
 from datasets import MODALITIES, DataError, MultimodalData, Standardizer, load_data, rate_key
 from datasets.storage import cache_key, cached, to_dtype
+from modules.registry import MODELS, available_models
 from report.run_report import write_report
 from training.atomic import write_json, write_npz
 from training.calibration import Calibration
@@ -117,9 +118,12 @@ def check_magnitudes(data: MultimodalData) -> None:
 
 def check_startable(cfg: Config) -> None:
     """What a start can refuse before it loads or writes anything (the CLI before it claims a run
-    folder, tune.py before it opens the study, every run): an unknown model, a missing device, a
-    ``--data_path`` or ``--checkpoint`` that is not there."""
+    folder, tune.py before it opens the study, every run): an unknown model, a batch size the model
+    cannot train with, a missing device, a ``--data_path`` or ``--checkpoint`` that is not there."""
     check_model_name(cfg.model)
+    need = MODELS[cfg.model].min_batch_size
+    if cfg.batch_size < need and not cfg.eval_only:
+        raise ConfigError(f"--model {cfg.model} normalizes over the batch (BatchNorm): --batch_size must be >= {need}")
     resolve_device(cfg.device)
     for flag, path in (("--data_path", cfg.data_path), ("--checkpoint", cfg.checkpoint)):
         if path and not os.path.exists(path):
@@ -127,8 +131,6 @@ def check_startable(cfg: Config) -> None:
 
 
 def check_model_name(name: str) -> None:
-    from modules.registry import available_models
-
     known = available_models()
     if name not in known:
         raise ConfigError(f"unknown --model {name!r}; available: {', '.join(known)}")
@@ -167,6 +169,11 @@ def resume_settings(cfg: Config, given: set[str]) -> Config:
     if not cfg.resume:
         return cfg
     if not path.is_file():  # the same command starts a job and continues it (a preemptible machine)
+        held = held_run(Path(cfg.output_dir))
+        if held:  # a run whose settings are gone (or an --eval_only report): never replace it by a default run
+            raise RunExistsError(f"--resume: {cfg.output_dir} holds a run ({', '.join(held[:3])}) but no config.json, "
+                                 f"so its settings are unknown; restore config.json, or pass --overwrite or another "
+                                 f"--output_dir")
         log.warning("--resume: %s holds no run yet; starting one there with these settings", cfg.output_dir)
         return cfg
     saved = Config.from_dict(_read_config(path))
@@ -195,7 +202,13 @@ def check_output_dir(cfg: Config) -> None:
             f"{out} already holds a run ({', '.join(previous[:3])}); pass --resume to continue it, "
             f"--overwrite to replace it, or another --output_dir")
     if cfg.resume and previous and (out / "config.json").exists():
-        changed = resume_conflicts(_read_config(out / "config.json"), cfg)
+        saved = _read_config(out / "config.json")
+        dropped = [s for s in saved.get("seeds", []) if s not in cfg.seeds]
+        if dropped:  # its report would lose them
+            raise RunExistsError(f"--resume: --seeds {' '.join(map(str, cfg.seeds))} leaves out seed(s) "
+                                 f"{' '.join(map(str, dropped))} of {out}; give all of its seeds (you may add more), "
+                                 f"or pass --overwrite or another --output_dir")
+        changed = resume_conflicts(saved, cfg)
         if changed:
             raise RunExistsError(
                 f"--resume: {out} was started with other settings ({'; '.join(changed[:5])}"
@@ -206,7 +219,9 @@ def check_output_dir(cfg: Config) -> None:
 @contextlib.contextmanager
 def run_lock(out: Path) -> Iterator[None]:
     """Create ``out`` and hold an exclusive lock on it: a second process into the same folder gets
-    RunLockedError instead of mixing its files with ours. The lock goes with the process."""
+    RunLockedError instead of mixing its files with ours. The lock goes with the process. A folder
+    made here is removed again when the run fails before writing anything into it."""
+    created, locked = not out.exists(), False
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
         fh = open(out / LOCK_FILE, "a+")
@@ -222,7 +237,13 @@ def run_lock(out: Path) -> Iterator[None]:
         fh.truncate()
         fh.write(str(os.getpid()))
         fh.flush()
+        locked = True
         yield
+    except Exception:
+        if created and locked and [p.name for p in out.iterdir()] == [LOCK_FILE]:
+            (out / LOCK_FILE).unlink()
+            out.rmdir()
+        raise
     finally:
         fh.close()
 
@@ -313,6 +334,9 @@ def run_experiment(cfg: Config, on_epoch: SeedEpochCallback | None = None,
         check_output_dir(cfg)
         if data is None:
             data, stats = load_and_standardize(cfg)
+        if data.splits["train"].n < 2:  # no batch of one: it would train no step at all
+            raise DataError(f"{data.source}: the training split holds {data.splits['train'].n} sample; training "
+                            f"needs at least 2")
         if "test" in splits:
             _note_frame_sweep(data, cfg.eval_frame_missing_rates)
         per_seed = []
@@ -393,8 +417,8 @@ def eval_output_dir(cfg: Config, run_dir: Path, given: set[str] | None) -> Path:
         while held_run(out) or (out.exists() and not out.is_dir()):
             k += 1
             out = base.with_name(f"{base.name}_{k}")
-    if out.resolve() == run_dir.resolve():
-        raise OutputError(f"--output_dir {out} is the folder of the run being evaluated; --eval_only never "
+    if run_dir.resolve() in (out.resolve(), *out.resolve().parents):
+        raise OutputError(f"--output_dir {out} is inside the folder of the run being evaluated; --eval_only never "
                           f"writes there: choose another --output_dir (or leave it out for a new folder)")
     return out
 
@@ -445,6 +469,9 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
                 raise CheckpointError(f"{f} was trained on other features or statistics than {files[0]}; "
                                       "evaluate the two with separate --eval_only runs")
             log.info("evaluating %s on %s (%d samples)", f, data.source, data.splits["test"].n)
+            if f.parent.name.startswith("seed_") and not (f.parent / "result.json").exists():
+                log.warning("%s did not finish training (no result.json beside it): its best.pt is the best epoch "
+                            "so far; finish it first with --resume --output_dir %s", f.parent, f.parent.parent)
             test = data.splits["test"]
             evaluator = Evaluator.from_config(model, effective, device, cal, build_tta(effective, model))
             res = evaluator.sweep(test, cfg.eval_missing_rates, frame_rates_for(test, cfg.eval_frame_missing_rates))
