@@ -9,7 +9,7 @@
 #
 # Every flag of the CLI can be set by its upper-case variable (HIDDEN_DIM=64 -> --hidden_dim 64;
 # lists such as SEEDS="1 2 3" are space-separated; switches take 1/0: USE_VAE=0 -> --no_use_vae;
-# CONTRASTIVE_TEMP is --contrastive_temperature). An empty variable leaves the CLI default, and
+# CONTRASTIVE_TEMP is --contrastive_temperature; CONFIG=exp.yaml -> --config, THREADS=4 -> --threads). An empty variable leaves the CLI default, and
 # flags given after the script name come last and win. Without OUTPUT_DIR / --output_dir every run
 # gets its own folder runs/<model>_<data>_<YYYYmmdd-HHMMSS>, linked as runs/latest. Relative paths
 # are relative to the directory you run this from. PYTHON=echo prints the command instead.
@@ -19,7 +19,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 : "${PYTHON:=python3}"
 # The embedded data set (no data file, no --config): 6 epochs keep the first command to about two minutes.
-if [[ -z "${EPOCHS:-}${DATA_PATH:-}${DATASET:-}" && " $* " != *" --data_path"* && " $* " != *" --dataset"* \
+if [[ -z "${EPOCHS:-}${DATA_PATH:-}${DATASET:-}${CONFIG:-}" && " $* " != *" --data_path"* && " $* " != *" --dataset"* \
       && " $* " != *" --config"* ]]; then export EPOCHS=6; fi
 mapper="$PYTHON"; [[ "$PYTHON" == echo ]] && mapper=python3
 env_args="$(PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$mapper" -m training.config --env-args)" || exit $?

@@ -253,3 +253,13 @@ def test_train_v4_sh_runs_in_the_callers_folder(tmp_path):
     assert Path(cwd).resolve() == tmp_path.resolve() and script == str(ROOT / "attention_robust_v4.py")
     assert argv == ["--data_path", "data/x.pkl", "--hidden_dim", "64", "--contrastive_temperature", "0.2",
                     "--output_dir", "out"]
+
+
+def test_train_v4_sh_takes_config_and_threads_from_the_environment_too(tmp_path):
+    # was: both dropped without a word, and with CONFIG the embedded data's 6-epoch default came in
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(PYTHON=str(_fake_python(tmp_path)), CONFIG="exp.yaml", THREADS="2")
+    r = subprocess.run(["bash", str(ROOT / "train_v4.sh")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[2:] == ["--config", "exp.yaml", "--threads", "2"]

@@ -248,6 +248,8 @@ class Config:
                 raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value}")
             if not saved and any(isinstance(v, float) and not math.isfinite(v) for v in items):
                 raise ConfigError(f"{f.name} must be a finite number, got {value}")
+            if not saved and isinstance(value, str) and not value.strip():  # "" is no path: it would mean "here"
+                raise ConfigError(f"--{f.name} is empty; give a value or leave the flag out")
         checks = [
             (self.hidden_dim > 0, "hidden_dim must be > 0"),
             (0.0 <= self.dropout < 1.0, "dropout must lie in [0, 1)"),
@@ -550,6 +552,9 @@ def env_args(environ: typing.Mapping[str, str], prog: str = "train_v4.sh") -> li
     leaves the default. ValueError (``PROG: name must be 1 or 0, got 'x'``) on a bad switch value."""
     names = {n.upper(): n for n in _FIELDS} | ENV_ALIASES
     argv: list[str] = []
+    for var in ("CONFIG", "THREADS"):  # the command line's own flags, not Config fields
+        if environ.get(var, ""):
+            argv += [f"--{var.lower()}", environ[var]]
     for var, name in names.items():
         value = environ.get(var, "")
         if value == "":
