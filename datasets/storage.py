@@ -44,13 +44,26 @@ def to_dtype(data: MultimodalData, dtype: str) -> None:
 
 
 def cache_key(fields: dict) -> str:
-    """A short hash of the settings and source file that decide the cached arrays."""
+    """A short hash of the settings and source that decide the cached arrays (``source_stat``)."""
     fields = dict(fields)
     path = fields.get("data_path")
     if path and os.path.exists(path):
-        st = os.stat(path)
-        fields["source_stat"] = [st.st_size, st.st_mtime_ns]
+        fields["source_stat"] = source_stat(path)
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_stat(path: str) -> list:
+    """Size and modification time of a data file, or of every file in a data folder (a ``.csd`` folder
+    whose files are edited in place keeps its own time)."""
+    if not os.path.isdir(path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    found = []
+    for folder, _, files in os.walk(path):
+        for name in files:
+            st = os.stat(os.path.join(folder, name))
+            found.append([os.path.relpath(os.path.join(folder, name), path), st.st_size, st.st_mtime_ns])
+    return sorted(found)
 
 
 def cached(folder: str | os.PathLike, key: str, build: Callable[[], tuple[MultimodalData, dict]]

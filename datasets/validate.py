@@ -38,7 +38,11 @@ def as_features(value: object, file: str, split: str, key: str) -> np.ndarray:
 
 def as_labels(value: object, file: str, split: str, key: str) -> np.ndarray:
     """Float32 (N,) labels from (N,), (N, 1) or (N, 1, 1)."""
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        raise DataError(f"{_where(file, split, key)}: labels are ragged (rows of different lengths); expected "
+                        f"shape (N,), (N, 1) or (N, 1, 1)") from None
     if arr.dtype.kind not in "fiub":
         raise DataError(f"{_where(file, split, key)}: labels must be numeric, got dtype {arr.dtype}")
     if arr.ndim == 0 or (arr.ndim > 1 and int(np.prod(arr.shape[1:])) != 1):
@@ -66,12 +70,23 @@ def _text(v: object) -> str:
 
 
 def as_lengths(value: object, x: np.ndarray, file: str, split: str, key: str) -> np.ndarray:
-    """int64 (N,) lengths from a list/array, clipped to [1, L]."""
-    arr = np.asarray(value)
+    """int64 (N,) lengths from a list/array of whole numbers >= 0, clipped to [1, L]."""
+    try:
+        arr = np.asarray(value)
+    except ValueError:  # ragged rows
+        arr = np.asarray(value, dtype=object)
     if arr.dtype.kind not in "fiu" or arr.size != x.shape[0]:
         raise DataError(f"{_where(file, split, key)}: expected {x.shape[0]} integer lengths, "
                         f"got shape {arr.shape} dtype {arr.dtype}")
-    return np.clip(arr.reshape(-1).astype(np.int64), 1, x.shape[1])
+    flat = arr.reshape(-1)
+    bad = flat < 0
+    if arr.dtype.kind == "f":
+        bad |= ~np.isfinite(flat) | (flat != np.round(flat))
+    if bad.any():
+        i = int(np.nonzero(bad)[0][0])
+        raise DataError(f"{_where(file, split, key)}: {int(bad.sum())} lengths are not whole numbers >= 0 "
+                        f"(e.g. row {i}: {flat[i]})")
+    return np.clip(flat.astype(np.int64), 1, x.shape[1])
 
 
 def read_lengths(x: np.ndarray, value: object, mask: np.ndarray | None, file: str, split: str,
@@ -169,13 +184,20 @@ def clean_nonfinite(data: MultimodalData, nan_policy: str = "error") -> None:
 
 
 def check_data(data: MultimodalData, label_key: str = "labels") -> None:
-    """Splits present and non-empty, same feature dims in every split, labels finite and in [-3, 3],
-    and some non-0 label in valid and test (Acc-2, F1, Brier and NLL are scored on those)."""
+    """Splits present and non-empty, a warning for a sample id in two splits, same feature dims in
+    every split, labels finite and in [-3, 3], and some non-0 label in valid and test (Acc-2, F1,
+    Brier and NLL are scored on those)."""
     for s in SPLITS:
         if s not in data.splits:
             raise DataError(f"{data.source}: missing split '{s}' (found {sorted(data.splits)})")
         if data.splits[s].n == 0:
             raise DataError(f"{data.source} [split '{s}']: empty split (0 samples)")
+    for k, a in enumerate(SPLITS):  # a sample in two splits: the later split's scores are not held out
+        for b in SPLITS[k + 1:]:
+            both = np.intersect1d(data.splits[a].ids, data.splits[b].ids)
+            if both.size:
+                log.warning("%s: %d sample ids of split '%s' are also in split '%s' (e.g. %s), so its scores are "
+                            "not held out; check the fold lists", data.source, both.size, b, a, both[0])
     for m in MODALITIES:
         dims = {s: data.splits[s].features(m).shape[2] for s in SPLITS}
         if len(set(dims.values())) > 1:

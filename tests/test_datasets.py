@@ -413,6 +413,35 @@ def test_a_scored_split_with_only_0_labels_is_refused(tmp_path):
     load_data(data_path=str(write(tmp_path, obj)))
 
 
+@pytest.mark.parametrize("bad, shown", [(-5, "row 0: -5"), (2.5, "row 0: 2.5"), (float("nan"), "row 0: nan")])
+def test_lengths_that_are_not_whole_numbers_are_refused(tmp_path, bad, shown):
+    # was: clipped to 1 (or truncated) without a word, cutting the audio to one step
+    obj = small_obj()
+    obj["train"]["audio_lengths"] = [bad] + [float(v) for v in obj["train"]["audio_lengths"][1:]]
+    expect_error(tmp_path, obj, "'train'", "'audio_lengths'", "not whole numbers >= 0", shown)
+    obj["train"]["audio_lengths"] = [float(v) for v in obj["train"]["audio_lengths"][1:2]] * len(obj["train"]["id"])
+    load_data(data_path=str(write(tmp_path, obj)))  # whole numbers stored as floats are fine
+
+
+def test_ragged_labels_are_one_line(tmp_path):
+    obj = small_obj()
+    n = len(obj["train"]["id"])
+    obj["train"]["regression_labels"] = [[1.0], [1.0, 2.0]] + [[0.5]] * (n - 2)  # was: numpy's ValueError
+    expect_error(tmp_path, obj, "'train'", "'regression_labels'", "labels are ragged")
+
+
+def test_a_sample_in_two_splits_is_warned_about(tmp_path, caplog):
+    obj = small_obj()
+    obj["test"]["id"] = np.concatenate([obj["train"]["id"][:3], obj["test"]["id"][3:]])  # was: not a word
+    with caplog.at_level("WARNING"):
+        load_data(data_path=str(write(tmp_path, obj)))
+    assert "3 sample ids of split 'test' are also in split 'train'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_data(data_path=str(write(tmp_path, small_obj())))
+    assert "also in split" not in caplog.text
+
+
 def test_labels_out_of_range(tmp_path):
     obj = small_obj()
     obj["train"]["regression_labels"][2] = 4.5

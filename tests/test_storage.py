@@ -45,3 +45,23 @@ def test_feature_cache_is_written_once_then_memory_mapped(tmp_path):
     assert not calls  # a complete cache is never rebuilt
     other, _ = load_and_standardize(Config(feature_cache=cfg.feature_cache, synthetic_seed=1))
     assert not np.array_equal(other.splits["train"].text, first.splits["train"].text)  # another key
+
+
+def test_the_cache_key_follows_every_file_of_a_data_folder_edited_in_place(tmp_path):
+    # a .csd folder whose folds.json is rewritten in place keeps the folder's own time: was a stale cache
+    import os
+
+    from datasets.storage import cache_key
+
+    folder = tmp_path / "mosi_csd"
+    folder.mkdir()
+    (folder / "folds.json").write_text('{"train": ["a"]}')
+    (folder / "audio.csd").write_bytes(b"x" * 10)
+    key = cache_key({"data_path": str(folder)})
+    folder_time = os.stat(folder).st_mtime_ns
+    (folder / "folds.json").write_text('{"train": ["b"]}')
+    os.utime(folder / "folds.json", ns=(1, 1))  # even with an old time: the content's size or time moved
+    assert os.stat(folder).st_mtime_ns == folder_time and cache_key({"data_path": str(folder)}) != key
+    file = tmp_path / "data.pkl"
+    file.write_bytes(b"y")
+    assert cache_key({"data_path": str(file)}) == cache_key({"data_path": str(file)})
