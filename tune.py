@@ -47,6 +47,7 @@ from datasets import rate_key
 from training.atomic import write_json
 from training.cli import threads_ok
 from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
+from training.errors import writing
 from training.metrics import METRIC_NAMES
 from training.objectives import LOWER_IS_BETTER, NOT_OBJECTIVES, OBJECTIVES, ROBUST_RATES
 from training.run import check_startable, load_and_standardize, run_experiment
@@ -322,12 +323,15 @@ def trial_config(start: Config, params: dict[str, Any], out: Path, number: int) 
 
 
 def final_config(trial: FrozenTrial, start: Config, output_dir: str, quiet: bool) -> Config:
-    """The full config of a finished trial for a normal run (the run fields from the command line)."""
+    """The full config of a finished trial for a normal run (the run fields from the command line, and
+    where this process finds the data: the study's data is checked to be the same, but another worker
+    may have mounted it elsewhere)."""
     try:
         cfg = Config.from_dict(trial.user_attrs["config"])
     except (KeyError, TypeError, ValueError):  # stored by an older Config, or not at all
         cfg = dataclasses.replace(start, **trial.params)
     return dataclasses.replace(cfg, output_dir=output_dir, quiet=quiet, overwrite=False, resume=False,
+                               data_path=start.data_path, feature_cache=start.feature_cache,
                                eval_frame_missing_rates=list(start.eval_frame_missing_rates))
 
 
@@ -374,10 +378,34 @@ def study_exists(ns: argparse.Namespace) -> bool:
     return ns.study_name in optuna.study.get_all_study_names(storage)
 
 
+def data_identity(cfg: Config, data: Any) -> dict:
+    """What a study searches on, the same for workers that mount the data at different paths: the data
+    set's name, the data file's base name (or the synthetic seed) and the split sizes."""
+    return {"dataset": data.name,
+            "file": os.path.basename(os.path.normpath(cfg.data_path)) if cfg.data_path else None,
+            "synthetic_seed": None if cfg.data_path else cfg.synthetic_seed,
+            "sizes": {name: split.n for name, split in data.splits.items()}}
+
+
+def describe_data(identity: Any) -> str:
+    """A ``data_identity`` for a message, e.g. ``tiny.pkl (96/48/64 train/valid/test samples)``."""
+    if not isinstance(identity, dict):
+        return repr(identity)
+    what = (identity.get("file") if identity.get("file")
+            else f"the embedded {identity.get('dataset')} data (--synthetic_seed {identity.get('synthetic_seed')})")
+    if identity.get("file") and identity.get("dataset") != Path(str(identity["file"])).stem:
+        what += f" as --dataset {identity.get('dataset')}"
+    sizes = identity.get("sizes")
+    if isinstance(sizes, dict) and sizes:
+        what += f" ({'/'.join(map(str, sizes.values()))} {'/'.join(map(str, sizes))} samples)"
+    return what
+
+
 def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBStorage,
-                         pruner: optuna.pruners.BasePruner) -> optuna.Study:
-    """Create the study or resume it (its objectives and directions must match); the sampler's seed
-    combines --sampler_seed with the trials so far, so a rerun does not repeat earlier proposals."""
+                         pruner: optuna.pruners.BasePruner, data: dict) -> optuna.Study:
+    """Create the study or resume it (its objectives, directions and data, a ``data_identity``, must
+    match; a study made before the data was recorded takes this run's); the sampler's seed combines
+    --sampler_seed with the trials so far, so a rerun does not repeat earlier proposals."""
     try:
         study = optuna.create_study(storage=storage, study_name=ns.study_name, pruner=pruner,
                                     directions=ns.directions, load_if_exists=True)
@@ -390,6 +418,12 @@ def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBSto
                         f"{have}; give another --study_name or the same --objective")
     if stored is None:
         study.set_user_attr("objectives", list(ns.objective))
+    searched = study.user_attrs.get("data")
+    if searched is not None and searched != data:
+        raise TuneError(f"study {ns.study_name!r} was run on {describe_data(searched)}, not on "
+                        f"{describe_data(data)}; give another --study_name or the same --data_path/--dataset")
+    if searched is None:
+        study.set_user_attr("data", data)
     seed = ns.sampler_seed
     if seed is not None:
         seed = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
@@ -470,7 +504,8 @@ def write_plots(study: optuna.Study, objectives: list[str], out: Path) -> list[s
         vis, ext = optuna.visualization, "html"
     except ImportError:
         vis, ext = optuna.visualization.matplotlib, "png"
-    (out / "plots").mkdir(exist_ok=True)
+    with writing(out / "plots"):
+        (out / "plots").mkdir(exist_ok=True)
     n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     jobs: dict[str, Any] = {}
     for i, name in enumerate(objectives):
@@ -512,7 +547,13 @@ def evaluate_best(cfg: Config, data: Any, stats: dict | None) -> dict:
     done = Path(cfg.output_dir) / "metrics.json"
     run_fields = set(RUN_FIELDS)  # where and how a run writes: never changes a result
     if done.exists():
-        old = json.loads(done.read_text())
+        try:
+            old = json.loads(done.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+            old = f"unreadable ({first_line(err)})"
+        if not isinstance(old, dict) or not isinstance(old.get("config", {}), dict):
+            reason = old if isinstance(old, str) else "not a metrics mapping"
+            raise TuneError(f"{done} is {reason}; move or remove {done.parent} to retrain the best trial there")
         same = {k: v for k, v in old.get("config", {}).items() if k not in run_fields} == \
             {k: v for k, v in cfg.to_dict().items() if k not in run_fields}
         if same and "validation" in old:
@@ -525,8 +566,9 @@ def write_results(study: optuna.Study, ns: argparse.Namespace, base: Config, sta
                   data: Any, stats: dict | None) -> dict:
     """trials.csv, plots and best.json (with the best trial retrained and evaluated on test)."""
     df = study.trials_dataframe()  # without the bulky config and worker columns
-    df.drop(columns=[c for c in ("user_attrs_config", "user_attrs_worker", "system_attrs_fixed_params")
-                     if c in df.columns]).to_csv(out / "trials.csv", index=False)
+    with writing(out / "trials.csv"):
+        df.drop(columns=[c for c in ("user_attrs_config", "user_attrs_worker", "system_attrs_fixed_params")
+                         if c in df.columns]).to_csv(out / "trials.csv", index=False)
     plots = write_plots(study, ns.objective, out)
     states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     if not states["complete"]:
@@ -563,7 +605,8 @@ def write_results(study: optuna.Study, ns: argparse.Namespace, base: Config, sta
         report["validation_rerun"] = {o: objective_value(o, metrics["validation"]) for o in ns.objective}
         report["metrics"] = str(out / "best" / "metrics.json")
         table = metrics.get("table")
-    write_json(report, out / "best.json")
+    with writing(out / "best.json"):
+        write_json(report, out / "best.json")
     return report | {"table": table}
 
 
@@ -606,19 +649,22 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
         raise TuneError(f"--n_trials 0 reports on an existing study, and {where} holds no study {ns.study_name!r}; "
                         f"give the --output_dir, or --storage and --study_name, of the study to report on, or "
                         f"--n_trials N to run trials")
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
     if ns.threads:
         torch.set_num_threads(ns.threads)
+    data, stats = load_and_standardize(start)  # once: every trial trains on the same data; the study checks it
     storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
-    study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs))
-    data, stats = load_and_standardize(start)  # once: every trial trains on the same data
+    study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs), data_identity(start, data))
     log.info("study %r in %s: %d trials so far; searching %s", ns.study_name, mask_url(ns.storage),
              len(study.trials), ", ".join(space))
     if n_trials != 0:  # each trial start first fails (and requeues) the trials whose heartbeat stopped
         study.optimize(Objective(start, space, ns.objective, ns.directions, out, data, stats), n_trials=n_trials,
                        timeout=ns.timeout, catch=(Exception,), gc_after_trial=True, show_progress_bar=not base.quiet)
     optuna.storages.fail_stale_trials(study)  # a report-only run (--n_trials 0) sees dead trials too
-    with open(out / ".results.lock", "w") as lock:  # workers sharing a folder write results one at a time
+    with writing(out / ".results.lock"):
+        lock = open(out / ".results.lock", "w")  # workers sharing a folder write results one at a time
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return write_results(study, ns, base, start, out, data, stats)
 

@@ -5,6 +5,7 @@ the best trial's validation value."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import uuid
 from pathlib import Path
 
@@ -256,6 +258,80 @@ def test_multi_objective_reports_the_pareto_front(tiny, tmp_path, fake_training)
     assert best["objectives"] == ["f1_robust", "ece"] and best["params"] == {"lr": 0.001}
     assert best["values"] == pytest.approx([0.8, 0.1]) and best["pareto_front"]
     assert all(p["command"].startswith("bash train_v4.sh ") for p in best["pareto_front"])
+
+
+def test_a_study_is_resumed_only_on_the_data_it_searched(tiny, tmp_path, fake_training, capsys):
+    # a study kept no record of its data: a rerun on another file added its trials to the same study,
+    # and --n_trials 0 retrained the best trial and tested it on the other file
+    out, url = tmp_path / "out", f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(storage=url, study_name="s", direction="maximize")  # made before the data was recorded
+    (tmp_path / "space.yaml").write_text("lr: [0.001, 0.0001]\n")
+    flags = ("--storage", url, "--study_name", "s", "--search_space", str(tmp_path / "space.yaml"), "--skip_final_eval")
+    assert tune.main(tiny_args(tiny, out, *flags, "--n_trials", "1")) == 0
+    tiny_data = {"dataset": "tiny", "file": "tiny.pkl", "synthetic_seed": None,
+                 "sizes": {"train": 96, "valid": 48, "test": 64}}
+    assert load(url, "s").user_attrs["data"] == tiny_data
+    best = (out / "best.json").read_bytes()
+    other = tiny_pickle(tmp_path / "other.pkl", n=(90, 48, 64))
+    capsys.readouterr()
+    for n_trials in ("1", "0"):
+        assert tune.main(tiny_args(other, out, *flags, "--n_trials", n_trials)) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "error: study 's' was run on tiny.pkl (96/48/64 train/valid/test samples), not on other.pkl "
+            "(90/48/64 train/valid/test samples); give another --study_name or the same --data_path/--dataset"]
+    assert len(load(url, "s").trials) == 1 and (out / "best.json").read_bytes() == best
+    # the same file where another worker mounts it: the same study, and best.json names this worker's path
+    moved = tmp_path / "mnt" / "tiny.pkl"
+    moved.parent.mkdir()
+    moved.write_bytes(tiny.read_bytes())
+    assert tune.main(tiny_args(moved, out, *flags, "--n_trials", "1")) == 0
+    assert len(load(url, "s").trials) == 2 and load(url, "s").user_attrs["data"] == tiny_data
+    report = json.loads((out / "best.json").read_text())
+    assert report["config"]["data_path"] == str(moved) and str(moved) in report["command"]
+    synthetic = types.SimpleNamespace(name="synthetic", splits={s: types.SimpleNamespace(n=n) for s, n in
+                                                                 (("train", 1284), ("valid", 229), ("test", 686))})
+    assert tune.describe_data(tune.data_identity(Config(synthetic_seed=3), synthetic)) == \
+        "the embedded synthetic data (--synthetic_seed 3) (1284/229/686 train/valid/test samples)"
+
+
+def test_an_output_dir_that_cannot_be_made_is_one_line(tiny, tmp_path, monkeypatch, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me\n")
+    assert tune.main(tiny_args(tiny, taken, "--n_trials", "1")) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: cannot write {taken}: File exists; a file stands where a folder is needed; choose another "
+        "--output_dir"]
+    assert taken.read_text() == "keep me\n"
+    read_only = tmp_path / "mounted" / "out"
+    mkdir = Path.mkdir
+
+    def refuse(self: Path, *args, **kwargs) -> None:
+        if self == read_only:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert tune.main(tiny_args(tiny, read_only, "--n_trials", "1")) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: cannot write {read_only}: Read-only file system; choose an --output_dir you can write to"]
+
+
+def test_an_unreadable_cached_best_run_is_one_line_and_kept(tiny, tmp_path, fake_training, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "space.yaml").write_text("lr: [0.001]\n")
+    argv = tiny_args(tiny, out, "--search_space", str(tmp_path / "space.yaml"))
+    assert tune.main([*argv, "--n_trials", "1", "--skip_final_eval"]) == 0
+    (out / "best").mkdir()
+    metrics = out / "best" / "metrics.json"
+    capsys.readouterr()
+    for text, reason in (('{"x":', "unreadable (Expecting value: line 1 column 6 (char 5))"),
+                         ("[1, 2]", "not a metrics mapping")):
+        metrics.write_text(text)
+        # the fake training refuses the test split: the best trial is not retrained over the file
+        assert tune.main([*argv, "--n_trials", "0"]) == 1
+        assert capsys.readouterr().err.strip().splitlines() == [
+            f"error: {metrics} is {reason}; move or remove {out / 'best'} to retrain the best trial there"]
+        assert metrics.read_text() == text
 
 
 def test_every_trial_with_compile_compiles_its_own_forward(tiny, tmp_path, monkeypatch):
