@@ -1,10 +1,12 @@
 """Ablation study: every design component switched in turn from the default config.
 
     python -m bench.ablation --data_path ../shared/data/mosi_bclstm_dev.pkl --output_dir runs/ablation
-    python -m bench.ablation --variants default no_aecf --seeds 1111 --workers 1   # a subset
+    python -m bench.ablation --variants default with_aecf_gate --seeds 1111 --workers 1   # a subset
 
 Each variant is one ``run_experiment`` (all seeds) in ``OUTPUT_DIR/<variant>/``; finished variants
-are reused, so an interrupted study continues where it stopped. Variants run in ``--workers``
+are reused, so an interrupted study continues where it stopped. A variant folder holding a run started
+with other settings (another --data_path, --epochs, ...) is refused before anything runs: pass the same
+flags, another --output_dir, or --overwrite to train every variant afresh. Variants run in ``--workers``
 processes with one torch thread each. Writes ``ablation.md`` and ``ablation.csv``: test mean
 Acc-2 / F1 (non-0) and ECE over the missing rates, over the seven subsets, Acc-2 at p = 0, and
 ECE at p = 0.5, mean ± std over seeds, plus the validation robustness (what selection sees).
@@ -22,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.atomic import atomic_open
 from training.cli import run_reporting_errors
 from training.config import ArgumentParser, Config, HelpFormatter, add_config_arguments, fields_in
-from training.run import check_startable
+from training.errors import OutputError, writing
+from training.run import RunExistsError, check_startable, resume_conflicts
 
 # the training flags the study takes (every variant starts from them)
 CONFIG_FLAGS = (*fields_in("data", "model", "loss", "train", "eval"), "output_dir")
@@ -63,9 +67,46 @@ def _run_variant(args: tuple[str, dict, dict]) -> str:
     torch.set_num_threads(1)
     cfg = Config(**{**base, **overrides})
     cfg.validate()
-    if not (Path(cfg.output_dir) / "metrics.json").exists():
+    if cfg.overwrite or not (Path(cfg.output_dir) / "metrics.json").exists():
         run_experiment(cfg)
     return name
+
+
+def saved_settings(out: Path) -> dict | None:
+    """The settings the run in ``out`` was started with: its metrics.json ``config`` once finished,
+    else its config.json; None when ``out`` holds no run yet."""
+    for name, key in (("metrics.json", "config"), ("config.json", None)):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            saved = json.loads(path.read_text())
+            saved = saved.get(key) if key else saved
+        except (OSError, ValueError, AttributeError) as err:
+            saved, reason = None, str(err)
+        else:
+            reason = f"it holds no settings{f' ({key!r})' if key else ''}"
+        if not isinstance(saved, dict):
+            raise RunExistsError(f"cannot read the settings of {out} from {path} ({reason}); pass --overwrite to "
+                                 "train the variants afresh, or choose another --output_dir")
+        return saved
+    return None
+
+
+def check_variants(jobs: list[tuple[str, dict, dict]], overwrite: bool) -> None:
+    """Refuse (before anything runs) a variant folder that is a file, or that holds a run started with
+    other settings than this invocation would run there (unless ``overwrite``)."""
+    for name, base, overrides in jobs:
+        out = Path(overrides["output_dir"])
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out} (variant {name}) is a file; move it away, or choose another --output_dir")
+        saved = None if overwrite else saved_settings(out)
+        changed = resume_conflicts(saved, Config(**{**base, **overrides})) if saved is not None else []
+        if changed:
+            raise RunExistsError(
+                f"{out} holds a run of variant {name} with other settings ({'; '.join(changed[:5])}"
+                f"{'; ...' if len(changed) > 5 else ''}); rerun with the same flags, choose another --output_dir, "
+                "or pass --overwrite to train every variant afresh")
 
 
 def _seed_values(out: Path, split: str = "test") -> dict[str, list[float]]:
@@ -156,14 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(output_dir="runs/ablation", eval_frame_missing_rates=[0.0])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--workers", type=int, default=2, help="processes, one torch thread each")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train every variant afresh, replacing its run already in --output_dir (default: "
+                             "reuse finished variants and continue interrupted ones, if their settings match)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.output_dir:
+        parser.error("--output_dir is empty; give the folder for the study")
     base = {n: getattr(args, n) for n in CONFIG_FLAGS if n != "output_dir"}
-    base.update(quiet=True, tensorboard=False, resume=True, output_dir=args.output_dir)
+    base.update(quiet=True, tensorboard=False, resume=not args.overwrite, overwrite=args.overwrite,
+                output_dir=args.output_dir)
     try:
         cfg = Config(**base)
         cfg.validate()
@@ -173,25 +220,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
     root = Path(args.output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     names = {f.name for f in dataclasses.fields(Config)}
     jobs = []
     for name in args.variants:
         assert set(VARIANTS[name]) <= names, name
         jobs.append((name, base, {**VARIANTS[name], "output_dir": str(root / name)}))
 
+    def prepare() -> None:  # a folder that cannot hold the study, or a variant run with other settings
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"--output_dir {root} is a file; choose a folder")
+        check_variants(jobs, args.overwrite)
+        with writing(root):
+            root.mkdir(parents=True, exist_ok=True)
+
     def run_variants() -> None:  # a variant's user error (e.g. an unreadable data file) is one line
         with ProcessPoolExecutor(max_workers=args.workers) as pool:
             for name in pool.map(_run_variant, jobs):
                 print(f"finished {name}", file=sys.stderr, flush=True)
 
-    status = run_reporting_errors(run_variants, "interrupted")[1]
+    def write_summary() -> str:
+        df = summarise(root, args.variants)
+        md = to_markdown(df)
+        with writing(root):
+            with atomic_open(root / "ablation.csv") as fh:
+                df.to_csv(fh, index=False)
+            with atomic_open(root / "ablation.md") as fh:
+                fh.write(md)
+        return md
+
+    for step in (prepare, run_variants):
+        status = run_reporting_errors(step, "interrupted")[1]
+        if status:
+            return status
+    md, status = run_reporting_errors(write_summary, "interrupted")
     if status:
         return status
-    df = summarise(root, args.variants)
-    df.to_csv(root / "ablation.csv", index=False)
-    md = to_markdown(df)
-    (root / "ablation.md").write_text(md)
     print(md)
     return 0
 

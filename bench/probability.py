@@ -28,6 +28,7 @@ from datasets import SUBSETS, modality_masks, subset_masks
 from datasets.classes import labels_to_classes
 from training.calibration import PROBABILITY_SOURCES, Calibration, fit_probabilities, fit_temperature
 from training.cli import run_reporting_errors
+from training.errors import ConfigError
 from training.evaluate import Evaluator, presence_patterns
 from training.metrics import probability_scores
 from training.run import load_and_standardize
@@ -66,6 +67,19 @@ def fit(ks, scores, logits, labels, num_classes, rows) -> Calibration:
     return fit_probabilities(cal, scores[:, rows], logits[:, rows], labels[rows], ks)
 
 
+def video_folds(videos: np.ndarray, folds: int, where: Path) -> list[np.ndarray]:
+    """The validation videos split into ``folds`` groups; ConfigError when the split has fewer videos
+    than ``folds`` (a group would hold none) or fewer than two."""
+    unique = np.unique(videos)
+    if len(unique) < 2:
+        raise ConfigError(f"the validation split of {where} holds {len(unique)} video(s); cross-validation by "
+                          "video needs at least 2, so this run cannot be compared here")
+    if folds > len(unique):
+        raise ConfigError(f"--folds {folds}: the validation split of {where} holds {len(unique)} videos, so it "
+                          f"allows --folds 2 to {len(unique)}; pass one in that range")
+    return np.array_split(unique, folds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.probability", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir")
@@ -94,7 +108,7 @@ def compare(files: list[Path], folds: int) -> None:
         valid, tst = data.splits["valid"], data.splits["test"]
         v_ks, v_s, v_l = pattern_outputs(model, valid, saved, device)
         videos = np.array([i.split("$_$")[0] for i in valid.ids])
-        groups = np.array_split(np.unique(videos), folds)
+        groups = video_folds(videos, folds, f)
         held = {s: {p: np.zeros(valid.n) for p in RATES} for s in PROBABILITY_SOURCES}
         for g in groups:
             out = np.isin(videos, g)

@@ -11,7 +11,8 @@ import argparse
 import sys
 import warnings
 
-from report.compare import AUILC_NOTE, ReportError, compare
+from report.compare import AUILC_NOTE, compare
+from training.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("always")
         try:
             result = compare(args.runs, args.output, args.names, args.overwrite)
-        except (ReportError, OSError) as err:
+        except (UserError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
     for w in caught:

@@ -32,6 +32,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from training.atomic import atomic_open, write_json
+from training.errors import UserError, writing
 
 from .plots import save_figure
 
@@ -42,8 +43,22 @@ AUILC_NOTE = ("AUILC: trapezoid area under the mean Acc-2 (non-0) vs missing-rat
               "divided by the rate span, so it reads as a mean accuracy over the interval.")
 
 
-class ReportError(ValueError):
-    """A run folder cannot be compared (no metrics.json, malformed file, no common rates)."""
+class ReportError(UserError, ValueError):
+    """A run folder cannot be compared (no metrics.json, malformed file, no common rates), or
+    ``--output`` cannot hold the comparison."""
+
+
+def read_metrics(file: Path) -> object:
+    """The parsed JSON of a run's metrics file; ReportError when it is a folder, unreadable or not JSON."""
+    if file.is_dir():
+        raise ReportError(f"{file} is a folder, not a metrics file; give a finished run's folder (holding a "
+                          "metrics.json file) or its metrics.json")
+    try:
+        return json.loads(file.read_text())
+    except OSError as err:
+        raise ReportError(f"cannot read {file}: {err.strerror or err}; check the path and its permissions") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ReportError(f"{file} is not valid JSON: {err}") from None
 
 
 @dataclass
@@ -74,10 +89,7 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
     file = path if path.is_file() else path / "metrics.json"
     if not file.exists():
         raise ReportError(f"{path} holds no metrics.json (is it a finished run's --output_dir?)")
-    try:
-        m = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{file} is not valid JSON: {err}") from None
+    m = read_metrics(file)
     if not isinstance(m, dict) or not isinstance(m.get("results"), dict) or not isinstance(m.get("std"), dict):
         raise ReportError(f"{file} is malformed: it needs 'results' and 'std' objects")
     results, std = {}, {}
@@ -139,7 +151,7 @@ def _optional(vals: dict) -> tuple[str, ...]:
 def ensemble_run(run: Run, path: Path) -> Run | None:
     """The deep-ensemble row of ``run`` (its metrics.json ``ensemble``), or None."""
     file = path if path.is_file() else path / "metrics.json"
-    ens = json.loads(file.read_text()).get("ensemble")
+    ens = read_metrics(file).get("ensemble")
     if not isinstance(ens, dict):
         return None
     try:
@@ -296,49 +308,69 @@ def plot_comparison(runs: list[Run], rates: list[str], path: Path) -> None:
 OUTPUTS = ("comparison.md", "comparison.csv", "comparison.png", "comparison.json", "comparison_probability.csv")
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with a repeated one suffixed ``_2``, ``_3``, ... (the first free suffix: a suffixed name
+    never equals another run's name)."""
+    taken, out = set(names), []
+    for name in names:
+        if name in out:
+            k = 2
+            while f"{name}_{k}" in taken:
+                k += 1
+            name = f"{name}_{k}"
+            taken.add(name)
+        out.append(name)
+    return out
+
+
+def check_output(output: str | Path) -> Path:
+    """``--output`` as a Path; ReportError when it is empty or a file."""
+    if not str(output).strip():
+        raise ReportError("--output is empty; give the folder for the comparison (e.g. --output runs/compare)")
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--output {out} is a file; choose a folder (a new one, or one holding an earlier "
+                          "comparison, with --overwrite)")
+    return out
+
+
 def compare(paths: list[str | Path], output: str | Path, names: list[str] | None = None,
             overwrite: bool = False) -> dict:
     """Write comparison.md, comparison.csv, comparison.png and comparison.json into ``output``; a
-    comparison already there is replaced only with ``overwrite``."""
+    comparison already there is replaced only with ``overwrite``. Everything is computed before the
+    first file is written."""
     if not paths:
         raise ReportError("give at least one run folder")
     if names is not None and len(names) != len(paths):
         raise ReportError(f"--names has {len(names)} name(s) for {len(paths)} run(s)")
+    if names is not None:
+        bad = next((n for n in names if not n.strip() or names.count(n) > 1), None)
+        if bad is not None:
+            problem = "an empty name" if not bad.strip() else f"{bad!r} twice"
+            raise ReportError(f"--names gives {problem}; give each run its own name")
+    out = check_output(output)
     folders: dict[Path, str] = {}
     for p in paths:  # the metrics file itself: a folder and its metrics.json, through any link (runs/latest)
         key = (Path(p) / "metrics.json" if Path(p).is_dir() else Path(p)).resolve()
         if key in folders:
             raise ReportError(f"{folders[key]} and {p} are the same run; give each run once")
         folders[key] = str(p)
-    held = [f for f in OUTPUTS if (Path(output) / f).exists()]
+    held = [f for f in OUTPUTS if (out / f).exists()]
     if held and not overwrite:
         raise ReportError(f"{output} already holds a comparison ({', '.join(held)}); pass --overwrite to "
                           "replace it, or choose another --output")
     runs = [load_run(p, n) for p, n in zip(paths, names or [None] * len(paths))]
+    for r, name in zip(runs, unique_names([r.name for r in runs])):  # two folders with the same base name
+        r.name = name
     runs = [x for r in runs for x in (r, ensemble_run(r, r.path)) if x is not None]
-    seen: dict[str, int] = {}
-    for r in runs:  # two folders with the same base name get a suffix
-        seen[r.name] = seen.get(r.name, 0) + 1
-        if seen[r.name] > 1:
-            r.name = f"{r.name}_{seen[r.name]}"
+    for r, name in zip(runs, unique_names([r.name for r in runs])):  # an ensemble row named like a run
+        r.name = name
     rates, subsets = common_keys(runs)
     check_same_data(runs)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
     df = comparison_frame(runs, rates, subsets)
-    with atomic_open(out / "comparison.csv") as fh:
-        df.to_csv(fh, index=False)
     prob_metrics = probability_metrics(runs, rates, subsets)
     prob = comparison_frame(runs, rates, subsets, prob_metrics) if prob_metrics else None
-    if prob is not None:
-        with atomic_open(out / "comparison_probability.csv") as fh:
-            prob.to_csv(fh, index=False)
-    else:  # replacing a comparison that had one: it would outlive the runs it was about
-        (out / "comparison_probability.csv").unlink(missing_ok=True)
     table = markdown_table(df, runs, rates, subsets, prob)
-    with atomic_open(out / "comparison.md") as fh:
-        fh.write(table)
-    plot_comparison(runs, rates, out / "comparison.png")
     au = df[df["section"] == "auilc"]
     summary = {
         "auilc_definition": AUILC_NOTE,
@@ -353,5 +385,17 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     for row in pd.concat([df, prob])[lambda d: d["best"]].itertuples() if prob is not None else \
             df[df["best"]].itertuples():
         summary["best"].setdefault(f"{row.section}/{row.key}/{row.metric}", []).append(row.run)
-    write_json(summary, out / "comparison.json")
+    with writing(out, "--output"):
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_open(out / "comparison.csv") as fh:
+            df.to_csv(fh, index=False)
+        if prob is not None:
+            with atomic_open(out / "comparison_probability.csv") as fh:
+                prob.to_csv(fh, index=False)
+        else:  # replacing a comparison that had one: it would outlive the runs it was about
+            (out / "comparison_probability.csv").unlink(missing_ok=True)
+        with atomic_open(out / "comparison.md") as fh:
+            fh.write(table)
+        plot_comparison(runs, rates, out / "comparison.png")
+        write_json(summary, out / "comparison.json")
     return {"table": table, "summary": summary, "frame": df, "probability_frame": prob}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bench.ablation import summarise, to_markdown
+from tests.helpers import tiny_args, tiny_pickle
 
 
 def write_variant(root: Path, name: str, acc: dict[int, float]) -> None:
@@ -167,3 +168,99 @@ def test_throughput_measures_compile_each_shape_afresh(monkeypatch):
                                                                    "num_heads": 2}})
         new_graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"] - before)
     assert all(n >= 1 for n in new_graphs), new_graphs
+
+
+def finished_variant(root: Path, name: str, **settings) -> dict:
+    """A finished variant folder (config.json, metrics.json with its config, one seed's results) run with
+    the ablation's defaults plus ``settings``."""
+    from training.config import Config
+
+    write_variant(root, name, {1: 0.7})
+    cfg = Config(**{"eval_frame_missing_rates": [0.0], "seeds": [1], "quiet": True, "tensorboard": False,
+                    "resume": True, "output_dir": str(root / name), **settings}).to_dict()
+    (root / name / "config.json").write_text(json.dumps(cfg))
+    (root / name / "metrics.json").write_text(json.dumps({"config": cfg}))
+    return {f.name: f.read_bytes() for f in (root / name).rglob("*") if f.is_file()}
+
+
+def test_ablation_reuses_a_finished_variant_only_when_its_settings_match(tmp_path, capsys):
+    # was: a variant folder holding metrics.json was reused whatever the new flags, and the old
+    # results printed as the new study's (status 0)
+    from bench.ablation import main
+
+    a, b = tiny_pickle(tmp_path / "a.pkl"), tiny_pickle(tmp_path / "b.pkl", seed=1)
+    root = tmp_path / "abl"
+    before = finished_variant(root, "default", data_path=str(a), epochs=1)
+    flags = ["--variants", "default", "--seeds", "1", "--epochs", "1", "--workers", "1", "--output_dir", str(root)]
+    for changed in (["--data_path", str(b)], ["--data_path", str(a), "--epochs", "2"], []):
+        assert main([*flags, *changed]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and str(root / "default") in err[0], err
+        assert "data_path" in err[0] or "epochs 1 -> 2" in err[0], err
+        assert "--overwrite" in err[0] and "--output_dir" in err[0], err
+    assert {f.name: f.read_bytes() for f in (root / "default").rglob("*") if f.is_file()} == before
+    assert main([*flags, "--data_path", str(a)]) == 0  # the same settings: reused, not trained again
+    assert "| default |" in capsys.readouterr().out and (root / "ablation.md").exists()
+    assert {f.name: f.read_bytes() for f in (root / "default").rglob("*") if f.is_file()} == before
+
+
+def test_ablation_output_dir_that_cannot_hold_the_study_is_one_line(tmp_path, capsys, monkeypatch):
+    # was: a FileExistsError / OSError traceback from mkdir
+    import errno
+
+    from bench.ablation import main
+
+    data = tiny_pickle(tmp_path / "a.pkl")
+    flags = ["--data_path", str(data), "--variants", "default", "--workers", "1"]
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    assert main([*flags, "--output_dir", str(afile)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--output_dir {afile} is a file; choose a folder" in err[0], err
+    assert afile.read_text() == "keep"
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main([*flags, "--output_dir", str(tmp_path / "ro" / "abl")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write ") and "Read-only" in err[0], err
+    assert "choose an --output_dir you can write to" in err[0]
+
+
+@pytest.mark.slow
+def test_probability_refuses_more_folds_than_the_validation_split_has_videos(tmp_path, capsys):
+    # was: an IndexError traceback (an empty fold) for --folds beyond the validation videos
+    from bench.probability import main
+    from training.cli import main as train_main
+
+    data = tiny_pickle(tmp_path / "tiny.pkl", n=(32, 2, 16))  # two validation videos
+    run = tmp_path / "run"
+    assert train_main(tiny_args(data, run, "--model", "lf_dnn", "--epochs", "1")) == 0
+    capsys.readouterr()
+    for folds in ([], ["--folds", "100000"]):
+        assert main([str(run), *folds]) == 1
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --folds ") and "holds 2 videos" in err[0], err
+        assert "allows --folds 2 to 2" in err[0] and not captured.out
+    assert main([str(run), "--folds", "2"]) == 0
+    assert "valid, 2-fold CV by video" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ablation_overwrite_trains_a_variant_run_with_other_settings_afresh(tmp_path, capsys):
+    from bench.ablation import main
+
+    a, b = tiny_pickle(tmp_path / "a.pkl", n=(32, 16, 16)), tiny_pickle(tmp_path / "b.pkl", n=(32, 16, 16))
+    root = tmp_path / "abl"
+    finished_variant(root, "default", data_path=str(a), epochs=1, hidden_dim=16, num_heads=2)
+    flags = ["--variants", "default", "--seeds", "1", "--epochs", "1", "--hidden_dim", "16", "--num_heads", "2",
+             "--workers", "1", "--data_path", str(b), "--output_dir", str(root)]
+    assert main([*flags, "--overwrite"]) == 0
+    saved = json.loads((root / "default" / "metrics.json").read_text())["config"]
+    assert saved["data_path"] == str(b) and (root / "default" / "seed_1" / "best.pt").exists()
+    capsys.readouterr()
+    assert main(flags) == 0  # now the settings match: reused
+    assert "| default |" in capsys.readouterr().out

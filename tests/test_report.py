@@ -134,6 +134,57 @@ def test_a_comparison_is_replaced_only_with_overwrite_and_a_run_counts_once(tmp_
     assert report_main([f"{x}/metrics.json", f"{x}/other.json", "--output", str(tmp_path / "o3")]) == 0
 
 
+def test_runs_with_colliding_names_get_unique_ones_and_repeated_names_are_refused(tmp_path, capsys):
+    # was: x_2, x, x -> x_2, x, x_2: a TypeError after comparison.csv was written, so the rerun needed
+    # --overwrite
+    paths = [tmp_path / "p" / "x_2", tmp_path / "q" / "p" / "x", tmp_path / "q" / "q" / "x"]
+    for seed, p in enumerate(paths):
+        fake_metrics(p, seed)
+    out = tmp_path / "cmp"
+    assert report_main([*map(str, paths), "--output", str(out)]) == 0
+    runs = json.loads((out / "comparison.json").read_text())["runs"]
+    assert [r["name"] for r in runs] == ["x_2", "x", "x_3"]
+    assert [r["path"] for r in runs] == list(map(str, paths))
+    capsys.readouterr()
+    for names, message in ((["x_2", "x", "x"], "--names gives 'x' twice"), (["a", "", "b"], "an empty name")):
+        assert report_main([*map(str, paths), "--output", str(tmp_path / "cmp2"), "--names", *names]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "give each run its own name" in err[0], err
+    assert not (tmp_path / "cmp2").exists()
+
+
+def test_an_output_or_run_path_of_the_wrong_kind_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    # was: "[Errno 17] File exists", "[Errno 30] ...", "[Errno 21] Is a directory" without the flag or
+    # what to do, and an empty --output wrote into the current folder ("wrote /comparison.md")
+    import errno
+
+    fake_metrics(tmp_path / "ok", 0)
+    (tmp_path / "dirm" / "metrics.json").mkdir(parents=True)
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    monkeypatch.chdir(tmp_path / "dirm")
+    ok = str(tmp_path / "ok")
+    cases = [([ok, "--output", str(afile)], f"--output {afile} is a file; choose a folder"),
+             ([ok, "--output", ""], "--output is empty"),
+             ([ok, str(tmp_path / "dirm"), "--output", str(tmp_path / "o")],
+              f"{tmp_path / 'dirm' / 'metrics.json'} is a folder, not a metrics file")]
+    for argv, message in cases:
+        assert report_main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], (argv, err)
+    assert afile.read_text() == "keep" and not (tmp_path / "o").exists()
+    assert [f.name for f in (tmp_path / "dirm").iterdir()] == ["metrics.json"]
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert report_main([ok, "--output", str(tmp_path / "ro")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write {tmp_path / 'ro'}: Read-only file system" in err[0], err
+    assert "choose an --output you can write to" in err[0]
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "report", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)

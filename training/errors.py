@@ -25,20 +25,21 @@ class OutputError(UserError):
     """An output path that cannot be written (not a folder, read-only, disk full, locked)."""
 
 
-def _advice(err: OSError) -> str:
+def _advice(err: OSError, flag: str) -> str:
     if err.errno == errno.ENOSPC or err.errno == errno.EDQUOT:
-        return "free some disk space, or choose another --output_dir on a disk with room"
+        return f"free some disk space, or choose another {flag} on a disk with room"
     if isinstance(err, PermissionError) or err.errno == errno.EROFS:
-        return "choose an --output_dir you can write to"
+        return f"choose an {flag} you can write to"
     if isinstance(err, (NotADirectoryError, FileExistsError)):
-        return "a file stands where a folder is needed; choose another --output_dir"
-    return "check the path, or choose another --output_dir"
+        return f"a file stands where a folder is needed; choose another {flag}"
+    return f"check the path, or choose another {flag}"
 
 
 @contextlib.contextmanager
-def writing(path: str | Path) -> Iterator[None]:
-    """Turn an ``OSError`` raised while writing ``path`` into a one-line ``OutputError``."""
+def writing(path: str | Path, flag: str = "--output_dir") -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing ``path`` into a one-line ``OutputError`` whose advice
+    names ``flag``, the option that chose the place."""
     try:
         yield
     except OSError as err:
-        raise OutputError(f"cannot write {path}: {err.strerror or err}; {_advice(err)}") from err
+        raise OutputError(f"cannot write {path}: {err.strerror or err}; {_advice(err, flag)}") from err
