@@ -46,7 +46,15 @@ from optuna.trial import FrozenTrial, TrialState
 from datasets import rate_key
 from training.atomic import write_json
 from training.cli import threads_ok
-from training.config import FEATURE_PARAMS, NOT_SEARCHABLE, RUN_FIELDS, Config, add_config_arguments, config_to_argv
+from training.config import (
+    FEATURE_PARAMS,
+    NOT_SEARCHABLE,
+    RUN_FIELDS,
+    Config,
+    add_config_arguments,
+    config_to_argv,
+    load_config_file,
+)
 from training.errors import writing
 from training.metrics import METRIC_NAMES
 from training.objectives import LOWER_IS_BETTER, NOT_OBJECTIVES, OBJECTIVES, ROBUST_RATES
@@ -144,6 +152,9 @@ def build_tune_parser() -> argparse.ArgumentParser:
                         "machine give each about cores / K")
     g.add_argument("--skip_final_eval", action="store_true",
                    help="do not retrain the best trial and evaluate it on test (extra workers)")
+    parser.add_argument("--config", metavar="FILE", default=None,
+                        help="YAML or JSON file of training {field: value}, fixed for every trial like the flags; "
+                             "flags given beside it win")
     add_config_arguments(parser.add_argument_group("training (fixed for every trial when given)"))
     return parser
 
@@ -160,6 +171,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
     given = {n: getattr(ns, n) for n in names if getattr(ns, n) is not _UNSET}
     for n in names:
         delattr(ns, n)
+    if ns.config is not None:
+        try:
+            given = load_config_file(ns.config) | given
+        except ValueError as err:
+            parser.error(str(err))
     checks = [(ns.n_trials is None or ns.n_trials >= 0, "--n_trials must be >= 0"),
               (ns.timeout is None or ns.timeout > 0, "--timeout must be > 0"),
               threads_ok(ns.threads),
@@ -191,7 +207,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
     return ns, base, set(given)
 
 
-# ---- objectives: the table training.evaluate.OBJECTIVES, or METRIC@P -------------------------------
+# ---- objectives: the table training.objectives.OBJECTIVES, or METRIC@P -------------------------------
 def objective_spec(name: str) -> tuple[str, tuple[float, ...], str]:
     """(metric, rates, natural direction) of an objective name, e.g. ``f1_robust`` or ``mae@0.5``."""
     if name in OBJECTIVES:

@@ -81,6 +81,18 @@ def test_explicit_flags_are_fixed_and_leave_the_space():
     assert cfg.output_dir == "/tmp/o/trials/trial_5" and cfg.quiet
 
 
+def test_a_config_file_is_fixed_like_flags_and_flags_beside_it_win(tmp_path):
+    # was: "unrecognized arguments: --config", though the README says every training flag is accepted
+    (tmp_path / "exp.yaml").write_text("lr: 0.002\ndropout: 0.1\n")
+    ns, base, fixed = tune.parse_args(["--config", str(tmp_path / "exp.yaml"), "--dropout", "0.2"])
+    assert fixed == {"lr", "dropout"} and (base.lr, base.dropout) == (0.002, 0.2)
+    assert not {"lr", "dropout"} & set(tune.build_space(ns, base, fixed))
+    (tmp_path / "bad.yaml").write_text("lrr: 0.002\n")
+    with pytest.raises(SystemExit) as exc:
+        tune.parse_args(["--config", str(tmp_path / "bad.yaml")])
+    assert exc.value.code == 2
+
+
 def test_objectives_minimise_what_is_lower_is_better_and_refuse_the_ece_band():
     for name in ("mae", "ece", "brier", "nll", "brier@0.3", "nll@0.0", "ece@0.5"):
         assert tune.objective_spec(name)[2] == "minimize", name
