@@ -18,7 +18,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 : "${PYTHON:=python3}"
-# The embedded data set (no data file, no --config): 6 epochs keep the first command to about two minutes.
+# The embedded data set (no data file, no --config): 6 epochs keep the first command to about a minute.
 if [[ -z "${EPOCHS:-}${DATA_PATH:-}${DATASET:-}${CONFIG:-}" && " $* " != *" --data_path"* && " $* " != *" --dataset"* \
       && " $* " != *" --config"* ]]; then export EPOCHS=6; fi
 mapper="$PYTHON"; [[ "$PYTHON" == echo ]] && mapper=python3
