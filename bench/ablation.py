@@ -175,7 +175,8 @@ def to_markdown(df: pd.DataFrame) -> str:
             scale, fmt = (1, "{:.3f}") if key.startswith("ece") else (100, "{:.1f}")
             cells.append(f"{fmt.format(scale * r[key])} ± {fmt.format(scale * r[key + '_std'])}")
         if paired:
-            cells += [f"{100 * r[k]:+.1f} ± {100 * r[k + '_se']:.1f}" for k in ("d_valid_f1_rates", "d_acc2_rates")]
+            cells += [f"{100 * r[k]:+.1f}" + (f" ± {100 * r[k + '_se']:.1f}" if np.isfinite(r[k + "_se"]) else "")
+                      for k in ("d_valid_f1_rates", "d_acc2_rates")]  # one seed: no standard error
         lines.append(f"| {r['variant']} | {100 * r['valid_f1_rates']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + (
         "\n\nTest split, mean ± std over seeds. 'rates': mean over the random missing rates; 'subsets':"

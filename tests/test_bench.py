@@ -37,6 +37,11 @@ def test_paired_differences_and_their_standard_error(tmp_path):
     assert df.loc["default", "d_acc2_rates"] == 0.0
     md = to_markdown(df.reset_index())
     assert "| Δ valid F1 rates | Δ Acc-2 rates |" in md and "+1.0 ± 0.6 |" in md
+    one = tmp_path / "one_seed"
+    write_variant(one, "default", {1: 0.70})
+    write_variant(one, "other", {1: 0.72})
+    md = to_markdown(summarise(one, ["default", "other"]))
+    assert "nan" not in md and "| +2.0 | +2.0 |" in md  # one seed: a difference without a standard error
 
 
 def test_throughput_benchmark_prints_every_model_and_column(capsys):
