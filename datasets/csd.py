@@ -127,7 +127,7 @@ def map_files(folder: str, mapping: dict[str, str] | None = None) -> dict[str, s
                     and not (role == "text" and "timestampedwords" in f.lower())]
             if len(hits) > 1:
                 raise DataError(f"{folder}: several files could be the {role} sequence ({', '.join(hits)}); "
-                                "pass an explicit file map")
+                                f"keep one of them in the folder (from Python: mapping={{'{role}': FILE}})")
             if hits:
                 found[role] = os.path.join(folder, hits[0])
                 taken.add(hits[0])
@@ -135,7 +135,7 @@ def map_files(folder: str, mapping: dict[str, str] | None = None) -> dict[str, s
     missing = [r for r in ROLES if r not in found]
     if missing:
         raise DataError(f"{folder}: no .csd file found for {', '.join(missing)} (files: {', '.join(files) or 'none'}); "
-                        "name them text/audio/vision/labels or pass an explicit file map")
+                        "name them text/audio/vision/labels (from Python: mapping={role: FILE})")
     return found
 
 

@@ -64,11 +64,16 @@ def load_pickle(path: str | os.PathLike) -> object:
         raise DataError(f"{path}: is a directory, not a pickle file (use --data_format csd for .csd folders)")
     try:
         with open(path, "rb") as fh:
+            if fh.read(4) == b"PK\x03\x04":  # torch.save's zip (a checkpoint?), numpy's .npz
+                raise DataError(f"{path}: a zip archive (torch.save or numpy .npz), not a pickle of features; give "
+                                "an MMSA or MulT pickle or a folder of .csd files")
+            fh.seek(0)
             return RestrictedUnpickler(fh, path).load()
     except DataError:
         raise
     except (EOFError, pickle.UnpicklingError, ValueError, TypeError, IndexError, KeyError,
             AttributeError, MemoryError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: unreadable or truncated pickle ({type(err).__name__}: {err})") from None
+        reason = " ".join(str(err).split())[:200]  # one line
+        raise DataError(f"{path}: unreadable or truncated pickle ({type(err).__name__}: {reason})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot read file ({err.strerror or err})") from None

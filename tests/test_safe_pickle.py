@@ -81,6 +81,16 @@ def test_truncated_and_missing(tmp_path):
         load_pickle(tmp_path / "absent.pkl")
 
 
+def test_a_torch_checkpoint_given_as_data_is_one_line_naming_what_it_is(tmp_path):
+    # was: the restricted unpickler's two-line message about persistent ids
+    import torch
+
+    torch.save({"model": torch.ones(3)}, tmp_path / "best.pt")
+    with pytest.raises(DataError) as err:
+        load_pickle(tmp_path / "best.pt")
+    assert "\n" not in str(err.value) and "a zip archive (torch.save or numpy .npz), not a pickle" in str(err.value)
+
+
 def test_shared_pickle_loads(shared_pkl):
     obj = load_pickle(shared_pkl)
     assert set(obj) == {"train", "valid", "test"}

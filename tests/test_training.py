@@ -652,23 +652,32 @@ def _save(obj, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("content", [b"garbage\n", "a pickle of an object"])
+@pytest.mark.parametrize("content", [b"garbage\n", b"hello world\n", "a pickle of an object", "truncated"])
 def test_a_foreign_file_as_checkpoint_is_one_line_without_torch_s_advice(tmp_path, recwarn, content):
-    # torch's own message for these advises weights_only=False ("will likely succeed"): never for a foreign file
+    # torch's own message for these advises weights_only=False ("will likely succeed"): never for a foreign file;
+    # a text file read "(101)" and a truncated one "([Errno 22] Invalid argument)" or miniz's paragraph
+    import io
     import pickle
+
+    import torch
 
     from training.checkpoint import CheckpointError, load_checkpoint
 
     path = tmp_path / "foreign.pt"
     if isinstance(content, bytes):
         path.write_bytes(content)
+    elif content == "truncated":
+        buf = io.BytesIO()
+        torch.save({"model": torch.ones(1000)}, buf)
+        path.write_bytes(buf.getvalue()[:300])
     else:
         path.write_bytes(pickle.dumps({"a": object}, protocol=4))
     with pytest.raises(CheckpointError) as exc:
         load_checkpoint(path, advice="point --checkpoint at a best.pt")
     message = str(exc.value)
     assert "\n" not in message and str(path) in message and "not a checkpoint of this project" in message
-    assert "weights_only" not in message and message.endswith("; point --checkpoint at a best.pt")
+    assert len(message) < 400 and "weights_only" not in message
+    assert message.endswith("; point --checkpoint at a best.pt")
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
 
 

@@ -61,8 +61,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"cannot read checkpoint {path}: not a checkpoint of this project (torch's safe "
                               f"loader: {lines[0] if lines else type(err).__name__}){advice}") from err
     except Exception as err:  # torch raises several kinds for truncated or foreign files
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path} ({first}){advice}") from err
+        first = str(err).strip().splitlines()[0][:150] if str(err).strip() else ""
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated, or not a checkpoint of this project "
+                              f"({type(err).__name__}{': ' + first if first else ''}){advice}") from err
     if not isinstance(ck, dict):
         raise CheckpointError(f"{path} holds a {type(ck).__name__}, not a checkpoint of this project{advice}")
     missing = [k for k in required if k not in ck]
