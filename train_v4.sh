@@ -9,10 +9,11 @@
 #
 # Every flag of the CLI can be set by its upper-case variable (HIDDEN_DIM=64 -> --hidden_dim 64;
 # lists such as SEEDS="1 2 3" are space-separated; switches take 1/0: USE_VAE=0 -> --no_use_vae;
-# CONTRASTIVE_TEMP is --contrastive_temperature; CONFIG=exp.yaml -> --config, THREADS=4 -> --threads). An empty variable leaves the CLI default, and
-# flags given after the script name come last and win. Without OUTPUT_DIR / --output_dir every run
-# gets its own folder runs/<model>_<data>_<YYYYmmdd-HHMMSS>, linked as runs/latest. Relative paths
-# are relative to the directory you run this from. PYTHON=echo prints the command instead.
+# CONTRASTIVE_TEMP is --contrastive_temperature; CONFIG=exp.yaml -> --config, THREADS=4 -> --threads).
+# An empty variable leaves the CLI default, and flags given after the script name come last and win.
+# Without OUTPUT_DIR / --output_dir every run gets its own folder runs/<model>_<data>_<YYYYmmdd-HHMMSS>,
+# linked as runs/latest. Relative paths are relative to the directory you run this from. PYTHON=echo
+# prints the command instead.
 # `python attention_robust_v4.py --help` lists every flag with its default.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
