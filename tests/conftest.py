@@ -52,3 +52,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_as_found():
+    """Commands run in-process (``--threads``, ``bench.probability``) set torch's threads for the whole
+    process; put them back, so a later test that compares an in-process run with a subprocess run
+    bit for bit (the resume tests) sees the same reductions."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -235,7 +235,7 @@ def test_ablation_output_dir_that_cannot_hold_the_study_is_one_line(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_probability_refuses_more_folds_than_the_validation_split_has_videos(tmp_path, capsys):
+def test_probability_refuses_more_folds_than_the_validation_split_has_videos(tmp_path, capsys, one_thread):
     # was: an IndexError traceback (an empty fold) for --folds beyond the validation videos
     from bench.probability import main
     from training.cli import main as train_main

@@ -595,10 +595,11 @@ def test_a_failed_start_does_not_block_the_corrected_command(tiny, tmp_path, cap
     assert main(tiny_args(tmp_path / "typo.pkl", out, "--epochs", "1")) == 1  # refused before the folder
     _one_line(capsys.readouterr().err, "--data_path " + str(tmp_path / "typo.pkl") + ": no such file or folder")
     assert not out.exists()
-    (tmp_path / "broken.pkl").write_bytes(b"not a pickle")  # fails in loading, once the folder is claimed
+    (tmp_path / "broken.pkl").write_bytes(b"not a pickle")  # fails in loading, once the folder is made
     assert main(tiny_args(tmp_path / "broken.pkl", out, "--epochs", "1")) == 1
     _one_line(capsys.readouterr().err, "broken.pkl")
-    assert out.is_dir() and not (out / "config.json").exists()
+    assert not out.exists()  # the folder the run made is removed again
+    out.mkdir()
     (out / "config.json").write_text("{}")  # left by an older version's failed start: still no run
     assert main(tiny_args(tiny, out, "--epochs", "1")) == 0
     assert json.loads((out / "config.json").read_text())["epochs"] == 1

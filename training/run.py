@@ -417,7 +417,7 @@ def eval_output_dir(cfg: Config, run_dir: Path, given: set[str] | None) -> Path:
         while held_run(out) or (out.exists() and not out.is_dir()):
             k += 1
             out = base.with_name(f"{base.name}_{k}")
-    if run_dir.resolve() in (out.resolve(), *out.resolve().parents):
+    if run_dir.resolve() == out.resolve() or (held_run(run_dir) and run_dir.resolve() in out.resolve().parents):
         raise OutputError(f"--output_dir {out} is inside the folder of the run being evaluated; --eval_only never "
                           f"writes there: choose another --output_dir (or leave it out for a new folder)")
     return out
