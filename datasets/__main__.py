@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nan_policy", default="error", choices=["error", "zero"])
     parser.add_argument("--synthetic_seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if not args.path_or_name.strip():
+        parser.error("the path is empty; give a pickle, a .csd folder or a data set name")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     target = args.path_or_name
     is_name = target in DATASETS and not os.path.exists(target)

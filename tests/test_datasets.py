@@ -586,6 +586,8 @@ def test_cli_bad_file(tmp_path):
     assert res.stderr.strip().count("\n") == 0 and "bad.pkl" in res.stderr
     res = run_cli(str(tmp_path / "absent.pkl"))
     assert res.returncode != 0 and "Traceback" not in res.stderr and "no such file" in res.stderr
+    res = run_cli("")  # was: "error: : no such file or folder"
+    assert res.returncode == 2 and "the path is empty" in res.stderr
 
 
 def _spread(order: np.ndarray, key: np.ndarray, batch_size: int) -> float:
