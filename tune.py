@@ -388,7 +388,7 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int | None) ->
 def study_exists(ns: argparse.Namespace) -> bool:
     """Whether ``--storage`` holds ``--study_name``, without creating anything: a SQLite file that is not
     there holds none."""
-    if ns.storage.startswith("sqlite:///") and not Path(ns.storage.removeprefix("sqlite:///")).is_file():
+    if ns.storage.startswith("sqlite:///") and not Path(ns.storage.removeprefix("sqlite:///").split("?")[0]).is_file():
         return False
     storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
     return ns.study_name in optuna.study.get_all_study_names(storage)

@@ -67,7 +67,8 @@ def _run_variant(args: tuple[str, dict, dict]) -> str:
     torch.set_num_threads(1)
     cfg = Config(**{**base, **overrides})
     cfg.validate()
-    if cfg.overwrite or not (Path(cfg.output_dir) / "metrics.json").exists():
+    done = saved_settings(Path(cfg.output_dir)) if (Path(cfg.output_dir) / "metrics.json").exists() else None
+    if cfg.overwrite or done is None or done.get("seeds") != cfg.seeds:  # more seeds: resumed, the others read back
         run_experiment(cfg)
     return name
 
@@ -101,7 +102,11 @@ def check_variants(jobs: list[tuple[str, dict, dict]], overwrite: bool) -> None:
         if out.exists() and not out.is_dir():
             raise OutputError(f"{out} (variant {name}) is a file; move it away, or choose another --output_dir")
         saved = None if overwrite else saved_settings(out)
-        changed = resume_conflicts(saved, Config(**{**base, **overrides})) if saved is not None else []
+        cfg = Config(**{**base, **overrides})
+        changed = resume_conflicts(saved, cfg) if saved is not None else []
+        dropped = [s for s in (saved or {}).get("seeds", []) if s not in cfg.seeds]
+        if dropped:  # its results would lose them
+            changed.append(f"seeds {saved['seeds']} -> {cfg.seeds}")
         if changed:
             raise RunExistsError(
                 f"{out} holds a run of variant {name} with other settings ({'; '.join(changed[:5])}"

@@ -53,16 +53,20 @@ def cache_key(fields: dict) -> str:
 
 
 def source_stat(path: str) -> list:
-    """Size and modification time of a data file, or of every file in a data folder (a ``.csd`` folder
-    whose files are edited in place keeps its own time)."""
+    """Size and modification time of a data file, or of each file directly in a data folder (what the
+    ``.csd`` reader reads; a folder whose files are edited in place keeps its own time). Subfolders,
+    such as a ``--feature_cache`` kept inside the data folder, and broken links are not part of it."""
     if not os.path.isdir(path):
         st = os.stat(path)
         return [st.st_size, st.st_mtime_ns]
     found = []
-    for folder, _, files in os.walk(path):
-        for name in files:
-            st = os.stat(os.path.join(folder, name))
-            found.append([os.path.relpath(os.path.join(folder, name), path), st.st_size, st.st_mtime_ns])
+    for entry in os.scandir(path):
+        try:
+            if entry.is_file():
+                st = entry.stat()
+                found.append([entry.name, st.st_size, st.st_mtime_ns])
+        except OSError:  # removed meanwhile
+            continue
     return sorted(found)
 
 

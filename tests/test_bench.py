@@ -197,11 +197,12 @@ def test_ablation_reuses_a_finished_variant_only_when_its_settings_match(tmp_pat
     root = tmp_path / "abl"
     before = finished_variant(root, "default", data_path=str(a), epochs=1)
     flags = ["--variants", "default", "--seeds", "1", "--epochs", "1", "--workers", "1", "--output_dir", str(root)]
-    for changed in (["--data_path", str(b)], ["--data_path", str(a), "--epochs", "2"], []):
+    for changed in (["--data_path", str(b)], ["--data_path", str(a), "--epochs", "2"], [],
+                    ["--data_path", str(a), "--seeds", "2"]):  # a seed left out: was refused only in a worker
         assert main([*flags, *changed]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and str(root / "default") in err[0], err
-        assert "data_path" in err[0] or "epochs 1 -> 2" in err[0], err
+        assert "data_path" in err[0] or "epochs 1 -> 2" in err[0] or "seeds [1] -> [2]" in err[0], err
         assert "--overwrite" in err[0] and "--output_dir" in err[0], err
     assert {f.name: f.read_bytes() for f in (root / "default").rglob("*") if f.is_file()} == before
     assert main([*flags, "--data_path", str(a)]) == 0  # the same settings: reused, not trained again
@@ -269,3 +270,17 @@ def test_ablation_overwrite_trains_a_variant_run_with_other_settings_afresh(tmp_
     capsys.readouterr()
     assert main(flags) == 0  # now the settings match: reused
     assert "| default |" in capsys.readouterr().out
+
+
+def test_ablation_resumes_a_finished_variant_given_more_seeds(tmp_path, monkeypatch):
+    # was: a finished variant was reused with its old seeds, whatever --seeds said
+    from bench import ablation
+
+    root = tmp_path / "abl"
+    finished_variant(root, "default")
+    ran = []
+    monkeypatch.setattr("training.run.run_experiment", lambda cfg: ran.append(cfg.seeds))
+    base = {"eval_frame_missing_rates": [0.0], "quiet": True, "tensorboard": False, "resume": True}
+    for seeds in ([1], [1, 2]):
+        ablation._run_variant(("default", {**base, "seeds": seeds}, {"output_dir": str(root / "default")}))
+    assert ran == [[1, 2]]

@@ -47,7 +47,7 @@ def test_feature_cache_is_written_once_then_memory_mapped(tmp_path):
     assert not np.array_equal(other.splits["train"].text, first.splits["train"].text)  # another key
 
 
-def test_the_cache_key_follows_every_file_of_a_data_folder_edited_in_place(tmp_path):
+def test_the_cache_key_follows_the_files_of_a_data_folder_not_what_lies_below_it(tmp_path):
     # a .csd folder whose folds.json is rewritten in place keeps the folder's own time: was a stale cache
     import os
 
@@ -62,6 +62,11 @@ def test_the_cache_key_follows_every_file_of_a_data_folder_edited_in_place(tmp_p
     (folder / "folds.json").write_text('{"train": ["b"]}')
     os.utime(folder / "folds.json", ns=(1, 1))  # even with an old time: the content's size or time moved
     assert os.stat(folder).st_mtime_ns == folder_time and cache_key({"data_path": str(folder)}) != key
+    key = cache_key({"data_path": str(folder)})
+    (folder / "cache" / "0123").mkdir(parents=True)  # a --feature_cache kept inside the data folder
+    (folder / "cache" / "0123" / "train.audio.npy").write_bytes(b"z")
+    (folder / "notes").symlink_to(tmp_path / "absent")  # a broken link: was a FileNotFoundError traceback
+    assert cache_key({"data_path": str(folder)}) == key  # was: a new key, and a new full cache, every run
     file = tmp_path / "data.pkl"
     file.write_bytes(b"y")
     assert cache_key({"data_path": str(file)}) == cache_key({"data_path": str(file)})

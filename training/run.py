@@ -241,8 +241,9 @@ def run_lock(out: Path) -> Iterator[None]:
         yield
     except Exception:
         if created and locked and [p.name for p in out.iterdir()] == [LOCK_FILE]:
-            (out / LOCK_FILE).unlink()
-            out.rmdir()
+            with contextlib.suppress(OSError):  # another process came in meanwhile: leave it
+                (out / LOCK_FILE).unlink()
+                out.rmdir()
         raise
     finally:
         fh.close()
