@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import fcntl
 import logging
 import os
 import sys
@@ -94,17 +93,10 @@ def release_unused_run_dir(folder: str, latest_before: str | None, root: str = R
     cannot be read): remove ``folder`` if it holds nothing but the run lock and no process holds that
     lock, and point ``ROOT/latest`` back where it pointed before, if that folder is still there
     (otherwise remove the link); a ``latest`` another run has moved is left alone."""
-    from training.run import LOCK_FILE
+    from training.run import remove_unused_run_folder
 
     path = Path(folder)
-    try:
-        if not path.is_dir() or any(p.name != LOCK_FILE for p in path.iterdir()):
-            return
-        with open(path / LOCK_FILE, "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: another process works there
-            (path / LOCK_FILE).unlink()
-        path.rmdir()
-    except OSError:  # in use, or something appeared there meanwhile: leave it
+    if not remove_unused_run_folder(path):
         return
     latest = Path(root) / "latest"
     if latest.is_symlink() and os.readlink(latest) == path.name:

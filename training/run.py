@@ -240,13 +240,28 @@ def run_lock(out: Path) -> Iterator[None]:
         locked = True
         yield
     except Exception:
-        if created and locked and [p.name for p in out.iterdir()] == [LOCK_FILE]:
-            with contextlib.suppress(OSError):  # another process came in meanwhile: leave it
-                (out / LOCK_FILE).unlink()
-                out.rmdir()
+        if created and locked:
+            fh.close()  # our lock goes, so the removal below can take it
+            remove_unused_run_folder(out)
         raise
     finally:
         fh.close()
+
+
+def remove_unused_run_folder(out: Path) -> bool:
+    """Remove ``out`` if it holds nothing but the run lock and no process holds that lock (a run that
+    failed before writing anything); whether it did. A folder in use, or one where something appeared
+    meanwhile, is left alone."""
+    try:
+        if not out.is_dir() or any(p.name != LOCK_FILE for p in out.iterdir()):
+            return False
+        with open(out / LOCK_FILE, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: another process works there
+            (out / LOCK_FILE).unlink()
+        out.rmdir()
+        return True
+    except OSError:
+        return False
 
 
 def _start_run(cfg: Config, out: Path) -> None:
