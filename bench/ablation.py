@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -71,6 +72,15 @@ def _run_variant(args: tuple[str, dict, dict]) -> str:
     if cfg.overwrite or done is None or done.get("seeds") != cfg.seeds:  # more seeds: resumed, the others read back
         run_experiment(cfg)
     return name
+
+
+def pool_context() -> multiprocessing.context.BaseContext | None:
+    """How the variants' processes start: forked (the platform's default), or spawned once this
+    process has started CUDA, which a forked child cannot use ("Cannot re-initialize CUDA in forked
+    subprocess"), e.g. when ``main`` is called from a session that has trained on the GPU."""
+    import torch
+
+    return multiprocessing.get_context("spawn") if torch.cuda.is_initialized() else None
 
 
 def saved_settings(out: Path) -> dict | None:
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             root.mkdir(parents=True, exist_ok=True)
 
     def run_variants() -> None:  # a variant's user error (e.g. an unreadable data file) is one line
-        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        with ProcessPoolExecutor(max_workers=args.workers, mp_context=pool_context()) as pool:
             for name in pool.map(_run_variant, jobs):
                 print(f"finished {name}", file=sys.stderr, flush=True)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.ablation import summarise, to_markdown
-from tests.helpers import tiny_args, tiny_pickle
+from tests.helpers import need_cpu_compile, tiny_args, tiny_pickle
 
 
 def write_variant(root: Path, name: str, acc: dict[int, float]) -> None:
@@ -164,6 +164,7 @@ def test_throughput_measures_compile_each_shape_afresh(monkeypatch):
 
     from bench.throughput import measure
 
+    need_cpu_compile()
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)  # reached at the second shape
     new_graphs = []
     for layout in ({"text": (4, 6), "audio": (8, 3), "vision": (6, 2)},
@@ -270,6 +271,27 @@ def test_ablation_overwrite_trains_a_variant_run_with_other_settings_afresh(tmp_
     capsys.readouterr()
     assert main(flags) == 0  # now the settings match: reused
     assert "| default |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_ablation_spawns_its_variants_once_this_process_has_started_cuda(tmp_path, monkeypatch, capsys):
+    # was (the suite on an H200): a variant forked from a process that had used CUDA failed with
+    # "Cannot re-initialize CUDA in forked subprocess". Here the parent "has started CUDA", and a forked
+    # child would inherit run_experiment raising that error; a spawned one imports the real one
+    import torch
+
+    from bench.ablation import main
+
+    def forked(cfg):
+        raise RuntimeError("Cannot re-initialize CUDA in forked subprocess")
+
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr("training.run.run_experiment", forked)
+    data = tiny_pickle(tmp_path / "a.pkl", n=(32, 16, 16))
+    root = tmp_path / "abl"
+    assert main(["--variants", "default", "--seeds", "1", "--epochs", "1", "--hidden_dim", "16", "--num_heads", "2",
+                 "--workers", "1", "--data_path", str(data), "--output_dir", str(root)]) == 0
+    assert (root / "default" / "seed_1" / "best.pt").exists() and "| default |" in capsys.readouterr().out
 
 
 def test_ablation_resumes_a_finished_variant_given_more_seeds(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from tests.conftest import ROOT
-from tests.helpers import tiny_args, tiny_pickle
+from tests.helpers import need_cpu_compile, tiny_args, tiny_pickle
 from training.cli import main
 
 INTERFACES = ROOT / "docs" / "INTERFACES.md"
@@ -1022,6 +1022,8 @@ def test_a_compiled_training_forward_learns_and_saves_the_plain_model(tmp_path, 
     data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
     # on CUDA: CUDA graphs and bf16 autocast, the combination that once failed for the LSTM encoder
     cuda = device == "cuda"
+    if not cuda:
+        need_cpu_compile()
     cfg = Config(compile="reduce-overhead" if cuda else "default", encoder=encoder.split("+")[0], device=device,
                  amp=cuda, stack_lstm=encoder.endswith("+stacked"), hidden_dim=16, num_heads=2, batch_size=16,
                  epochs=8, train_missing_rate=0.0, lr=3e-3)
@@ -1059,6 +1061,8 @@ def test_compiled_length_buckets_take_at_most_bucket_levels_shapes_and_learn(tmp
 
     data = make_synthetic(seed=0, n_train=100, n_valid=16, n_test=16, seq_len=40, dims=(12, 5, 8))
     cuda = device == "cuda"
+    if not cuda:
+        need_cpu_compile()
     cfg = Config(compile="reduce-overhead" if cuda else "default", length_buckets=True, encoder=encoder,
                  device=device, amp=cuda, hidden_dim=16, num_heads=2, batch_size=16, epochs=8,
                  train_missing_rate=0.0, lr=3e-3)
