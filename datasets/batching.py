@@ -140,19 +140,21 @@ def length_bucketed(order: np.ndarray, lengths: np.ndarray, batch_size: int, gen
                     ) -> np.ndarray:
     """An epoch's row ``order (n,)`` rearranged so that each batch holds rows of similar length.
 
-    The shuffled order is cut into windows of ``BUCKET_WINDOW`` batches; each window is sorted by the
-    rows' longest modality (``lengths (N, 3)``); the full batches so formed are shuffled with
-    ``generator``, and the last ``n % batch_size`` rows stay last (``batch_slices`` cuts the same
-    slices as before). Every row appears once; which rows share a batch still varies per epoch.
+    The shuffled order's last ``n % batch_size`` rows stay last as they are: the epoch's partial
+    batch, dropped when it would be a batch of one, so the row dropped is a random one (not the
+    longest of a window). The other rows are cut into windows of ``BUCKET_WINDOW`` batches; each window
+    is sorted by the rows' longest modality (``lengths (N, 3)``), and the full batches so formed are
+    shuffled with ``generator`` (``batch_slices`` cuts the same slices as before). Every row appears
+    once; which rows share a batch still varies per epoch.
     """
-    key = np.asarray(lengths).max(1)[order]
-    window = BUCKET_WINDOW * batch_size
-    sorted_order = np.concatenate([order[i:i + window][np.argsort(key[i:i + window], kind="stable")]
-                                   for i in range(0, len(order), window)]) if len(order) else order
     n_full = len(order) // batch_size
+    head, rest = order[:n_full * batch_size], order[n_full * batch_size:]
+    key = np.asarray(lengths).max(1)[head]
+    window = BUCKET_WINDOW * batch_size
+    sorted_head = np.concatenate([head[i:i + window][np.argsort(key[i:i + window], kind="stable")]
+                                  for i in range(0, len(head), window)]) if len(head) else head
     shuffle = torch.randperm(n_full, generator=generator).numpy()
-    full = sorted_order[:n_full * batch_size].reshape(n_full, batch_size)[shuffle].reshape(-1)
-    return np.concatenate([full, sorted_order[n_full * batch_size:]])
+    return np.concatenate([sorted_head.reshape(n_full, batch_size)[shuffle].reshape(-1), rest])
 
 
 class SplitTensors:
