@@ -599,6 +599,10 @@ def test_a_failed_start_does_not_block_the_corrected_command(tiny, tmp_path, cap
     assert main(tiny_args(tmp_path / "broken.pkl", out, "--epochs", "1")) == 1
     _one_line(capsys.readouterr().err, "broken.pkl")
     assert not out.exists()  # the folder the run made is removed again
+    (tmp_path / "kept").mkdir()
+    assert main(tiny_args(tmp_path / "broken.pkl", tmp_path / "kept" / "a" / "b" / "run", "--epochs", "1")) == 1
+    capsys.readouterr()
+    assert list((tmp_path / "kept").iterdir()) == []  # and the parent folders made for it
     out.mkdir()
     (out / "config.json").write_text("{}")  # left by an older version's failed start: still no run
     assert main(tiny_args(tiny, out, "--epochs", "1")) == 0

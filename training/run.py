@@ -220,8 +220,10 @@ def check_output_dir(cfg: Config) -> None:
 def run_lock(out: Path) -> Iterator[None]:
     """Create ``out`` and hold an exclusive lock on it: a second process into the same folder gets
     RunLockedError instead of mixing its files with ours. The lock goes with the process. A folder
-    made here is removed again when the run fails before writing anything into it."""
-    created, locked = not out.exists(), False
+    made here (with the parent folders made for it) is removed again when the run fails before
+    writing anything into it."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    locked = False
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
         fh = open(out / LOCK_FILE, "a+")
@@ -240,9 +242,12 @@ def run_lock(out: Path) -> Iterator[None]:
         locked = True
         yield
     except Exception:
-        if created and locked:
+        if made and locked:
             fh.close()  # our lock goes, so the removal below can take it
-            remove_unused_run_folder(out)
+            if remove_unused_run_folder(out):
+                for parent in made[1:]:
+                    with contextlib.suppress(OSError):  # not empty (something else appeared there): kept
+                        parent.rmdir()
         raise
     finally:
         fh.close()
