@@ -74,13 +74,11 @@ def _run_variant(args: tuple[str, dict, dict]) -> str:
     return name
 
 
-def pool_context() -> multiprocessing.context.BaseContext | None:
-    """How the variants' processes start: forked (the platform's default), or spawned once this
-    process has started CUDA, which a forked child cannot use ("Cannot re-initialize CUDA in forked
-    subprocess"), e.g. when ``main`` is called from a session that has trained on the GPU."""
-    import torch
-
-    return multiprocessing.get_context("spawn") if torch.cuda.is_initialized() else None
+def pool_context() -> multiprocessing.context.BaseContext:
+    """How the variants' processes start: spawned, never forked. A child forked from a process that
+    has asked about CUDA at all (``torch.cuda.is_available``, which ``check_startable`` calls, already
+    counts) cannot use CUDA: "Cannot re-initialize CUDA in forked subprocess"."""
+    return multiprocessing.get_context("spawn")
 
 
 def saved_settings(out: Path) -> dict | None:
