@@ -179,16 +179,19 @@ class SplitTensors:
         host["labels"] = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
         if self.device.type == "cpu":
             resident = True
-        elif resident is None:
-            free = torch.cuda.mem_get_info(self.device)[0] if self.device.type == "cuda" else 0
+        elif resident is None:  # free: the card's, plus what torch's allocator holds unused (an earlier seed's)
+            free = (torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device)
+                    - torch.cuda.memory_allocated(self.device)) if self.device.type == "cuda" else 0
             resident = sum(t.nbytes for t in host.values()) <= RESIDENT_FRACTION * free
         self.resident = bool(resident)
         self.tensors = {k: v.to(self.device) for k, v in host.items()} if self.resident else host
         self.pin = not self.resident and self.device.type == "cuda"
 
     def gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The batch of rows ``index`` (1-D int64, any device) on ``device``, every modality present."""
-        index = index.to(next(iter(self.tensors.values())).device, non_blocking=True)
+        """The batch of rows ``index`` (1-D int64, any device) on ``device``, every modality present.
+        Data on the host is best given host indices: a CUDA ``index`` is copied back and waited for."""
+        home = next(iter(self.tensors.values())).device
+        index = index.to(home, non_blocking=home.type == "cuda")  # never non-blocking to the host: read at once
         batch = {k: v.index_select(0, index) for k, v in self.tensors.items()}
         batch["index"] = index
         if self.pin:

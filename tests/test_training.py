@@ -913,6 +913,35 @@ def test_resume_and_eval_only_on_cuda(tiny, tmp_path, amp):
                  "--output_dir", str(tmp_path / "eval")]) == 0
 
 
+@CUDA
+def test_a_split_left_on_the_host_gathers_the_rows_asked_for_and_trains_as_a_resident_one(tmp_path):
+    # a split too large for the card stays on the host; its batches were gathered with indices copied
+    # back from the GPU without waiting for the copy (rows read from stale memory)
+    import torch
+
+    from datasets import SplitTensors, make_synthetic
+    from training.config import Config
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=512, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
+    host = SplitTensors(data.splits["train"], "cuda", resident=False)
+    assert not host.resident and host.tensors["labels"].device.type == "cpu"
+    for seed in range(20):
+        index = torch.randperm(512, generator=torch.Generator().manual_seed(seed))[:64].cuda()
+        busy = torch.randn(4096, 4096, device="cuda")
+        busy @ busy  # queued work ahead of the index copy
+        batch = host.gather(index)
+        assert batch["labels"].device.type == "cuda"
+        assert torch.equal(batch["labels"].cpu(), torch.from_numpy(data.splits["train"].labels[index.cpu().numpy()]))
+    results = []
+    for resident in (True, False):
+        cfg = Config(device="cuda", hidden_dim=16, num_heads=2, batch_size=16, epochs=1, train_missing_rate=0.3)
+        trainer = Trainer(cfg, data, 7, tmp_path / str(resident), progress=False)
+        trainer._train_tensors = SplitTensors(data.splits["train"], trainer.device, resident=resident)
+        results.append(trainer.train_epoch())
+    assert results[0] == pytest.approx(results[1], rel=1e-4), results
+
+
 def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
     """A write that fails half-way keeps the previous file and leaves no temporary file; the
     written files read back as written (``.npz`` keeps its name, text and binary modes)."""

@@ -303,7 +303,9 @@ class Trainer:
         levels = BUCKET_LEVELS if lengths is not None and self.forward is not self.model else 0
         if lengths is not None:
             order = torch.from_numpy(length_bucketed(order.numpy(), lengths, cfg.batch_size, self.loader_gen))
-        order_host, order = order.numpy(), order.to(dev, non_blocking=True)
+        order_host = order.numpy()
+        if source.resident:  # the batches are gathered where the data is
+            order = order.to(dev, non_blocking=True)
         drops = self._epoch_presence([s.stop - s.start for s in slices]).to(dev, non_blocking=True)
         # summed over the epoch on the device, read once at its end: the total loss and every term;
         # the diagnostics (step_diagnostics)
