@@ -857,6 +857,38 @@ def test_an_internal_bug_keeps_its_traceback(tiny, tmp_path, monkeypatch):
 
 
 # ---- devices (issue 11 item 1) -------------------------------------------------------------------------
+def test_rng_state_of_a_cpu_run_leaves_cuda_alone_and_a_cuda_run_keeps_its_own_card(monkeypatch):
+    # was: every card's CUDA generator was saved whenever a GPU was present: a --device cpu run made a
+    # CUDA context on card 0, and a run resumed on cuda:1 got card 0's state back
+    import torch
+
+    from training.checkpoint import rng_state, set_rng_state
+
+    def untouchable(*args, **kwargs):
+        raise AssertionError("a CPU run touched CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("get_rng_state", "get_rng_state_all", "set_rng_state", "set_rng_state_all"):
+        monkeypatch.setattr(torch.cuda, name, untouchable)
+    np_rng, gen = np.random.default_rng(0), torch.Generator()
+    state = rng_state(np_rng, gen, torch.device("cpu"))
+    assert not {"cuda", "cuda_device"} & set(state)
+    set_rng_state(state, np_rng, gen, torch.device("cpu"))
+
+    cards = [torch.full((4,), k, dtype=torch.uint8) for k in range(2)]
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cards[device.index or 0])
+    restored = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda new, device: restored.append((int(new[0]), device)))
+    state = rng_state(np_rng, gen, torch.device("cuda:1"))
+    assert "cuda" not in state and int(state["cuda_device"][0]) == 1
+    set_rng_state(state, np_rng, gen, torch.device("cuda:0"))  # resumed on another card: the saved state
+    older = {**state, "cuda": cards}  # an older version's checkpoint: every card's state
+    del older["cuda_device"]
+    set_rng_state(older, np_rng, gen, torch.device("cuda:1"))
+    set_rng_state(older, np_rng, gen, torch.device("cuda:5"))  # fewer cards then: the first one's
+    assert restored == [(1, torch.device("cuda:0")), (1, torch.device("cuda:1")), (0, torch.device("cuda:5"))]
+
+
 @pytest.mark.slow
 def test_host_state_stays_on_the_host_whatever_map_location(plain_run, finished_run):
     """Loading onto another device (the meta device stands in for a GPU) moves the model and

@@ -98,29 +98,39 @@ def _to_device(obj: Any, device: str | torch.device) -> Any:
     return obj
 
 
-def rng_state(np_rng: np.random.Generator, loader_gen: torch.Generator) -> dict[str, Any]:
-    """Every RNG a training run draws from, in a form ``weights_only`` loading accepts."""
+def rng_state(np_rng: np.random.Generator, loader_gen: torch.Generator,
+              device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG a training run on ``device`` draws from, in a form ``weights_only`` loading accepts:
+    on a CUDA device also that card's generator (``cuda_device``); a CPU run leaves CUDA untouched."""
     state = {
         "torch": torch.get_rng_state(),
         "loader": loader_gen.get_state(),
         "numpy": _to_plain(np_rng.bit_generator.state),
         "python": _to_plain(random.getstate()),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda_device"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any], np_rng: np.random.Generator, loader_gen: torch.Generator) -> None:
-    """Restore what ``rng_state`` captured (RNG states are host tensors wherever the model runs)."""
+def set_rng_state(state: dict[str, Any], np_rng: np.random.Generator, loader_gen: torch.Generator,
+                  device: torch.device | None = None) -> None:
+    """Restore what ``rng_state`` captured (RNG states are host tensors wherever the model runs). The
+    saved card's generator goes to ``device``, whichever card that is now; a checkpoint of an older
+    version holds every card's (``cuda``): ``device``'s own, or the first card's when it had fewer."""
     torch.set_rng_state(torch.as_tensor(state["torch"]).cpu())
     loader_gen.set_state(torch.as_tensor(state["loader"]).cpu())
     np_rng.bit_generator.state = state["numpy"]
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        states = [torch.as_tensor(s).cpu() for s in state["cuda"]]
-        torch.cuda.set_rng_state_all(states[:torch.cuda.device_count()])  # fewer cards now: the first ones
+    if device is None or device.type != "cuda":
+        return
+    saved = state.get("cuda_device")
+    if saved is None and state.get("cuda"):
+        cards = state["cuda"]
+        saved = cards[device.index or 0] if (device.index or 0) < len(cards) else cards[0]
+    if saved is not None:
+        torch.cuda.set_rng_state(torch.as_tensor(saved).cpu(), device)
 
 
 def _to_plain(obj: Any) -> Any:

@@ -196,7 +196,7 @@ class Trainer:
         state.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      epoch=self.epoch, global_step=self.global_step, best_value=self.best_value,
                      best_epoch=self.best_epoch, bad_epochs=self.bad_epochs, history=self.history,
-                     rng=rng_state(self.np_rng, self.loader_gen))
+                     rng=rng_state(self.np_rng, self.loader_gen, self.device))
         save_atomic(state, self.run_dir / "last.pt")
 
     def save_best(self, calibration: Calibration | None = None) -> None:
@@ -219,7 +219,7 @@ class Trainer:
         self.epoch, self.global_step = ck["epoch"], ck["global_step"]
         self.best_value, self.best_epoch, self.bad_epochs = ck["best_value"], ck["best_epoch"], ck["bad_epochs"]
         self.history = ck["history"]
-        set_rng_state(ck["rng"], self.np_rng, self.loader_gen)
+        set_rng_state(ck["rng"], self.np_rng, self.loader_gen, self.device)
         log.info("seed %d: resumed after epoch %d from %s", self.seed, self.epoch, path)
         return True
 
