@@ -161,7 +161,8 @@ class SplitTensors:
     """A Split's arrays as tensors for gathering batches on ``device``.
 
     On CUDA the arrays are copied to the device once when they fit (``resident``: at most
-    RESIDENT_FRACTION of its free memory, or forced by the argument); otherwise they stay on the
+    RESIDENT_FRACTION of its free memory, or asked for by the argument; a copy that runs out of
+    memory leaves them on the host); otherwise they stay on the
     host (``torch.from_numpy``, no copy) and each gathered batch travels through pinned memory
     with ``non_blocking``. Features stored as float16 are gathered as float16 and cast to float32
     on ``device``. ``keep`` (``datasets.frame_keep``): per modality an (N, L_m) bool of the time
@@ -183,8 +184,14 @@ class SplitTensors:
             free = (torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device)
                     - torch.cuda.memory_allocated(self.device)) if self.device.type == "cuda" else 0
             resident = sum(t.nbytes for t in host.values()) <= RESIDENT_FRACTION * free
+        self.tensors = host
+        if resident:
+            try:
+                self.tensors = {k: v.to(self.device) for k, v in host.items()}
+            except torch.cuda.OutOfMemoryError:  # the estimate above was too kind: stay on the host
+                resident = False
+                torch.cuda.empty_cache()
         self.resident = bool(resident)
-        self.tensors = {k: v.to(self.device) for k, v in host.items()} if self.resident else host
         self.pin = not self.resident and self.device.type == "cuda"
 
     def gather(self, index: torch.Tensor) -> dict[str, torch.Tensor]:

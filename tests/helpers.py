@@ -82,12 +82,19 @@ def tiny_args(data_path: Path, out: Path, *extra: str) -> list[str]:
 
 @functools.cache
 def _cpu_compile_failure() -> str | None:
-    """None when torch.compile (inductor) builds and runs a C++ kernel on this machine's CPU, else why
-    not, in one line."""
+    """None when torch.compile (inductor) builds and runs a C++ kernel on this machine's CPU; the reason
+    in one line when the C++ build itself fails. Any other error is raised: it is not the machine's."""
     try:
         torch.compile(lambda x: torch.sin(x) * 2 + 1, dynamic=False)(torch.randn(8))
-    except Exception as err:  # noqa: BLE001 -- whatever the toolchain raises is the reason to report
-        return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0][:200]}"
+    except Exception as err:
+        chain, cause = [], err
+        while cause is not None:
+            chain.append(f"{type(cause).__name__}: {cause}")
+            cause = cause.__cause__ or cause.__context__
+        if not any(name in text for text in chain for name in ("CppCompileError", "InvalidCxxCompiler",
+                                                                 "C++ compile error")):
+            raise
+        return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
     return None
 
 

@@ -614,6 +614,21 @@ def test_length_bucketed_batches_hold_similar_lengths_and_every_row_once():
     assert sorted(other.tolist()) == list(range(n))
 
 
+def test_a_split_the_card_cannot_take_stays_on_the_host(monkeypatch):
+    # the free-memory estimate can be too kind (memory torch holds for CUDA graphs, fragments): the
+    # copy's out-of-memory error leaves the split on the host, gathered through pinned memory
+    from datasets import SplitTensors
+
+    def full_card(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.07 GiB")
+
+    monkeypatch.setattr(torch.Tensor, "to", full_card)
+    split = make_synthetic(seed=0, n_train=8, n_valid=4, n_test=4, seq_len=3, dims=(4, 3, 2)).splits["train"]
+    source = SplitTensors(split, "cuda", resident=True)
+    assert not source.resident and source.pin
+    assert all(t.device.type == "cpu" for t in source.tensors.values())
+
+
 def test_length_bucketed_leaves_out_a_random_row_for_a_batch_of_one_not_the_longest():
     # was: the partial batch took the longest rows of the last window, so with n % batch_size == 1 (the
     # trainer drops a batch of one) the longest row of a small training split was never trained on

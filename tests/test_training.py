@@ -603,6 +603,10 @@ def test_a_failed_start_does_not_block_the_corrected_command(tiny, tmp_path, cap
     assert main(tiny_args(tmp_path / "broken.pkl", tmp_path / "kept" / "a" / "b" / "run", "--epochs", "1")) == 1
     capsys.readouterr()
     assert list((tmp_path / "kept").iterdir()) == []  # and the parent folders made for it
+    (tmp_path / "mine").mkdir()  # already there, reached through a folder that is not: kept
+    assert main(tiny_args(tmp_path / "broken.pkl", tmp_path / "nope" / ".." / "mine", "--epochs", "1")) == 1
+    capsys.readouterr()
+    assert (tmp_path / "mine").is_dir()
     out.mkdir()
     (out / "config.json").write_text("{}")  # left by an older version's failed start: still no run
     assert main(tiny_args(tiny, out, "--epochs", "1")) == 0

@@ -127,8 +127,8 @@ def set_rng_state(state: dict[str, Any], np_rng: np.random.Generator, loader_gen
         return
     saved = state.get("cuda_device")
     if saved is None and state.get("cuda"):
-        cards = state["cuda"]
-        saved = cards[device.index or 0] if (device.index or 0) < len(cards) else cards[0]
+        cards, index = state["cuda"], device.index if device.index is not None else torch.cuda.current_device()
+        saved = cards[index] if index < len(cards) else cards[0]
     if saved is not None:
         torch.cuda.set_rng_state(torch.as_tensor(saved).cpu(), device)
 

@@ -222,7 +222,8 @@ def run_lock(out: Path) -> Iterator[None]:
     RunLockedError instead of mixing its files with ours. The lock goes with the process. A folder
     made here (with the parent folders made for it) is removed again when the run fails before
     writing anything into it."""
-    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    absolute = Path(os.path.abspath(out))  # "a/../b" is b: never a folder that was already there
+    made = [p for p in (absolute, *absolute.parents) if not p.exists()]  # deepest first
     locked = False
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
