@@ -4,9 +4,10 @@
     python -m bench.ablation --variants default with_aecf_gate --seeds 1111 --workers 1   # a subset
 
 Each variant is one ``run_experiment`` (all seeds) in ``OUTPUT_DIR/<variant>/``; finished variants
-are reused, so an interrupted study continues where it stopped. A variant folder holding a run started
-with other settings (another --data_path, --epochs, ...) is refused before anything runs: pass the same
-flags, another --output_dir, or --overwrite to train every variant afresh. Variants run in ``--workers``
+are reused (no process starts for them), so an interrupted study continues where it stopped. A
+variant folder holding a run started with other settings (another --data_path, --epochs, ...) is
+refused before anything runs: pass the same flags, another --output_dir, or --overwrite to train
+every variant afresh. Variants run in ``--workers``
 processes with one torch thread each, spawned (a script that calls ``main`` needs the usual
 ``if __name__ == "__main__":`` guard). Writes ``ablation.md`` and ``ablation.csv``: test mean
 Acc-2 / F1 (non-0) and ECE over the missing rates, over the seven subsets, Acc-2 at p = 0, and
@@ -69,10 +70,17 @@ def _run_variant(args: tuple[str, dict, dict]) -> str:
     torch.set_num_threads(1)
     cfg = Config(**{**base, **overrides})
     cfg.validate()
-    done = saved_settings(Path(cfg.output_dir)) if (Path(cfg.output_dir) / "metrics.json").exists() else None
-    if cfg.overwrite or done is None or done.get("seeds") != cfg.seeds:  # more seeds: resumed, the others read back
+    if needs_run(cfg):
         run_experiment(cfg)
     return name
+
+
+def needs_run(cfg: Config) -> bool:
+    """Whether the variant run of ``cfg`` must train: not with ``overwrite`` when its folder holds a
+    finished run of the same seeds (given more seeds it resumes; the others are read back)."""
+    out = Path(cfg.output_dir)
+    done = saved_settings(out) if (out / "metrics.json").exists() else None
+    return cfg.overwrite or done is None or done.get("seeds") != cfg.seeds
 
 
 def pool_context() -> multiprocessing.context.BaseContext:
@@ -249,8 +257,14 @@ def main(argv: list[str] | None = None) -> int:
             root.mkdir(parents=True, exist_ok=True)
 
     def run_variants() -> None:  # a variant's user error (e.g. an unreadable data file) is one line
-        with ProcessPoolExecutor(max_workers=args.workers, mp_context=pool_context()) as pool:
-            for name in pool.map(_run_variant, jobs):
+        todo = [job for job in jobs if needs_run(Config(**{**job[1], **job[2]}))]
+        for name, _, _ in jobs:
+            if all(name != job[0] for job in todo):
+                print(f"reused {name} (finished with these settings)", file=sys.stderr, flush=True)
+        if not todo:
+            return
+        with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=pool_context()) as pool:
+            for name in pool.map(_run_variant, todo):
                 print(f"finished {name}", file=sys.stderr, flush=True)
 
     def write_summary() -> str:

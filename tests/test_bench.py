@@ -189,10 +189,13 @@ def finished_variant(root: Path, name: str, **settings) -> dict:
     return {f.name: f.read_bytes() for f in (root / name).rglob("*") if f.is_file()}
 
 
-def test_ablation_reuses_a_finished_variant_only_when_its_settings_match(tmp_path, capsys):
+def test_ablation_reuses_a_finished_variant_only_when_its_settings_match(tmp_path, capsys, monkeypatch):
     # was: a variant folder holding metrics.json was reused whatever the new flags, and the old
-    # results printed as the new study's (status 0)
+    # results printed as the new study's (status 0). Reusing starts no process
+    from bench import ablation
     from bench.ablation import main
+
+    monkeypatch.setattr(ablation, "ProcessPoolExecutor", None)  # calling it would raise
 
     a, b = tiny_pickle(tmp_path / "a.pkl"), tiny_pickle(tmp_path / "b.pkl", seed=1)
     root = tmp_path / "abl"
@@ -207,7 +210,9 @@ def test_ablation_reuses_a_finished_variant_only_when_its_settings_match(tmp_pat
         assert "--overwrite" in err[0] and "--output_dir" in err[0], err
     assert {f.name: f.read_bytes() for f in (root / "default").rglob("*") if f.is_file()} == before
     assert main([*flags, "--data_path", str(a)]) == 0  # the same settings: reused, not trained again
-    assert "| default |" in capsys.readouterr().out and (root / "ablation.md").exists()
+    captured = capsys.readouterr()
+    assert "| default |" in captured.out and (root / "ablation.md").exists()
+    assert "reused default (finished with these settings)" in captured.err
     assert {f.name: f.read_bytes() for f in (root / "default").rglob("*") if f.is_file()} == before
 
 
