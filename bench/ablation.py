@@ -21,7 +21,7 @@ import dataclasses
 import json
 import multiprocessing
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -263,9 +263,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"reused {name} (finished with these settings)", file=sys.stderr, flush=True)
         if not todo:
             return
+        # one variant per free process, none queued beyond: after an error or an interrupt (Ctrl-C reaches
+        # the processes too) the running variants stop or finish, and no other variant starts
+        queue = list(todo)
         with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=pool_context()) as pool:
-            for name in pool.map(_run_variant, todo):
-                print(f"finished {name}", file=sys.stderr, flush=True)
+            running = {pool.submit(_run_variant, queue.pop(0)) for _ in range(min(args.workers, len(queue)))}
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    print(f"finished {future.result()}", file=sys.stderr, flush=True)
+                    if queue:
+                        running.add(pool.submit(_run_variant, queue.pop(0)))
 
     def write_summary() -> str:
         df = summarise(root, args.variants)

@@ -296,6 +296,38 @@ def test_ablation_spawns_its_variants_so_they_can_use_cuda(tmp_path, monkeypatch
     assert (root / "default" / "seed_1" / "best.pt").exists() and "| default |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_ablation_ctrl_c_stops_the_running_variants_and_starts_no_other(tmp_path):
+    # was: the interrupted variants stopped, but every queued one still ran (the process pool's
+    # queue, then its shutdown waited for it): Ctrl-C on a study took as long as the rest of it
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    data, out = tiny_pickle(tmp_path / "a.pkl", n=(32, 16, 16)), tmp_path / "abl"
+    cmd = [sys.executable, "-m", "bench.ablation", "--data_path", str(data), "--variants", "default", "no_vae_loss",
+           "--seeds", "1", "--epochs", "1000", "--patience", "1000", "--hidden_dim", "16", "--num_heads", "2",
+           "--workers", "1", "--output_dir", str(out)]
+    proc = subprocess.Popen(cmd, cwd=root, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (out / "default" / "seed_1" / "last.pt").exists():
+            time.sleep(0.1)
+        assert proc.poll() is None, "the study ended before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole process group
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert (out / "default" / "seed_1" / "last.pt").exists()  # kept: --resume continues it
+    assert not (out / "no_vae_loss").exists()
+
+
 def test_ablation_resumes_a_finished_variant_given_more_seeds(tmp_path, monkeypatch):
     # was: a finished variant was reused with its old seeds, whatever --seeds said
     from bench import ablation
