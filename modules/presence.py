@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from datasets.types import MODALITIES
 
-__all__ = ["MODALITIES", "check_presence"]
+__all__ = ["MODALITIES", "check_presence", "presence_checked"]
+
+_checked = False  # inside presence_checked()
+
+
+@contextlib.contextmanager
+def presence_checked() -> Iterator[None]:
+    """Within, ``check_presence`` checks shapes only: the caller has checked every mask it passes (the
+    trainer its epoch's dropout masks, before the first step), so a step makes no host sync."""
+    global _checked
+    before, _checked = _checked, True
+    try:
+        yield
+    finally:
+        _checked = before
 
 
 def check_presence(presence: torch.Tensor) -> None:
     """Raise ValueError naming the samples of ``presence (B, 3)`` that have no modality (one host sync).
 
-    Skipped inside ``torch.compile`` (a host sync would split the compiled graph); the trainer then
-    checks the whole epoch's dropout masks once before its first step."""
+    Skipped inside ``torch.compile`` (a host sync would split the compiled graph) and within
+    ``presence_checked``; the trainer checks the whole epoch's dropout masks once before its first
+    step."""
     if presence.dim() != 2 or presence.shape[1] != 3:
         raise ValueError(f"presence must have shape (B, 3), got {tuple(presence.shape)}")
-    if torch.compiler.is_compiling():  # a compiled training step: the trainer checks the epoch's masks up front
+    if _checked or torch.compiler.is_compiling():
         return
     empty = ~presence.bool().any(dim=1)
     if bool(empty.any()):  # one host sync; the rows are looked up only on error

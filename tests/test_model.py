@@ -184,6 +184,18 @@ def test_all_missing_sample_raises() -> None:
     presence[4] = False
     with pytest.raises(ValueError, match=r"sample\(s\) 2, ?4 have no modality present"):
         model(make_batch(), presence)
+    # the trainer checks its epoch's masks up front and steps within presence_checked: no per-step
+    # check (a host sync on a GPU), the shape still checked, and the check back once it is left
+    from modules.presence import presence_checked
+
+    with presence_checked():
+        with presence_checked():
+            model(make_batch(), presence)
+        model(make_batch(), presence)
+        with pytest.raises(ValueError, match="presence must have shape"):
+            model(make_batch(), presence[:, :2])
+    with pytest.raises(ValueError, match="have no modality present"):
+        model(make_batch(), presence)
 
 
 @pytest.mark.parametrize("encoder", ["mlp", "lstm"])

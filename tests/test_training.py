@@ -950,6 +950,36 @@ def test_resume_and_eval_only_on_cuda(tiny, tmp_path, amp):
 
 
 @CUDA
+@pytest.mark.parametrize("amp", [False, True])
+def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp):
+    # the loss sums, the diagnostics and the non-finite record are read once per epoch, and the model's
+    # presence check is left to the epoch's up-front check: a longer epoch adds no synchronization
+    import warnings
+
+    import torch
+
+    from datasets import make_synthetic
+    from training.config import Config
+    from training.trainer import Trainer
+
+    def syncs(n_train: int) -> int:
+        data = make_synthetic(seed=0, n_train=n_train, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
+        trainer = Trainer(Config(device="cuda", amp=amp, hidden_dim=16, num_heads=2, batch_size=16, epochs=2),
+                          data, 7, tmp_path / str(n_train), progress=False)
+        trainer.train_epoch()  # the split goes to the card once
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                trainer.train_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(32) == syncs(128)  # 2 and 8 steps
+
+
+@CUDA
 def test_a_split_left_on_the_host_gathers_the_rows_asked_for_and_trains_as_a_resident_one(tmp_path):
     # a split too large for the card stays on the host; its batches were gathered with indices copied
     # back from the GPU without waiting for the copy (rows read from stale memory)

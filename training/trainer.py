@@ -21,7 +21,7 @@ from torch import nn
 from datasets import MODALITIES, MultimodalData, SplitTensors, apply_presence, rate_key, sample_presence
 from datasets.batching import BUCKET_LEVELS, batch_slices, epoch_order, length_bucketed, trim_to_longest
 from modules.losses import distillation_loss, kl_warmup, task_loss
-from modules.presence import check_presence
+from modules.presence import check_presence, presence_checked
 from modules.registry import available_models, create_model
 from training.calibration import Calibration, fit_calibration
 from training.checkpoint import (
@@ -320,47 +320,48 @@ class Trainer:
             first_bad: torch.Tensor | None = None
         bar = tqdm(slices, desc=f"{self.label} epoch {self.epoch + 1}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
-        for sl in bar:
-            full = source.gather(order[sl])
-            # similar lengths: cut the padding every row of the batch has (compiled: the last, smaller
-            # batch of the epoch, a shape of its own already, stays at full length)
-            if lengths is not None and not (levels and sl.stop - sl.start < cfg.batch_size):
-                full = trim_to_longest(full, lengths[order_host[sl]], levels)
-            batch = apply_presence(full, full["presence"] & drops[sl])
-            if levels:  # compiled with dynamic lengths at once, not at the second shape
-                for m in MODALITIES:
-                    torch._dynamo.maybe_mark_dynamic(batch[m], 1)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
-                out = self._forward(batch)
-                terms = loss_terms(cfg, out, batch["labels"], kl_scale)
-                if cfg.distill_weight > 0:
-                    terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
-            terms = {k: v.float() for k, v in terms.items()}
-            values = torch.stack(list(terms.values()))  # one tensor for the loss, the sums and the NaN record
-            if lazy:
-                step_no += 1
-                if first_bad is None:
-                    first_bad, first_value = torch.full_like(values, -1, dtype=torch.long), values.detach().clone()
-                new = (first_bad < 0) & ~torch.isfinite(values)
-                first_bad = torch.where(new, step_no, first_bad)
-                first_value = torch.where(new, values.detach(), first_value)
-            else:  # free on the host
-                self._check_finite(terms, values)
-            loss = values.sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.scheduler.step()
-            self.global_step += 1
-            step_sums = torch.cat([loss.detach()[None], values.detach()]).double()
-            sums = step_sums if sums is None else sums + step_sums
-            diag_names, diag = step_diagnostics(out.get("diagnostics", {}), batch["presence"])
-            diag_sums = diag if diag_sums is None else diag_sums + diag
-            if self.progress and self.global_step % 25 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}")
+        with presence_checked():  # the epoch's masks were checked up front: no host sync per step
+            for sl in bar:
+                full = source.gather(order[sl])
+                # similar lengths: cut the padding every row of the batch has (compiled: the last, smaller
+                # batch of the epoch, a shape of its own already, stays at full length)
+                if lengths is not None and not (levels and sl.stop - sl.start < cfg.batch_size):
+                    full = trim_to_longest(full, lengths[order_host[sl]], levels)
+                batch = apply_presence(full, full["presence"] & drops[sl])
+                if levels:  # compiled with dynamic lengths at once, not at the second shape
+                    for m in MODALITIES:
+                        torch._dynamo.maybe_mark_dynamic(batch[m], 1)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    out = self._forward(batch)
+                    terms = loss_terms(cfg, out, batch["labels"], kl_scale)
+                    if cfg.distill_weight > 0:
+                        terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
+                terms = {k: v.float() for k, v in terms.items()}
+                values = torch.stack(list(terms.values()))  # one tensor for the loss, the sums and the NaN record
+                if lazy:
+                    step_no += 1
+                    if first_bad is None:
+                        first_bad, first_value = torch.full_like(values, -1, dtype=torch.long), values.detach().clone()
+                    new = (first_bad < 0) & ~torch.isfinite(values)
+                    first_bad = torch.where(new, step_no, first_bad)
+                    first_value = torch.where(new, values.detach(), first_value)
+                else:  # free on the host
+                    self._check_finite(terms, values)
+                loss = values.sum()
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                self.optimizer.step()
+                if not isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step()
+                self.global_step += 1
+                step_sums = torch.cat([loss.detach()[None], values.detach()]).double()
+                sums = step_sums if sums is None else sums + step_sums
+                diag_names, diag = step_diagnostics(out.get("diagnostics", {}), batch["presence"])
+                diag_sums = diag if diag_sums is None else diag_sums + diag
+                if self.progress and self.global_step % 25 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
         n_batches = max(1, len(slices))
         if lazy and first_bad is not None:
             bad = [(s, name, v) for name, s, v in zip(terms, first_bad.tolist(), first_value.tolist()) if s >= 0]
