@@ -7,9 +7,9 @@ Each variant is one ``run_experiment`` (all seeds) in ``OUTPUT_DIR/<variant>/``;
 are reused (no process starts for them), so an interrupted study continues where it stopped. A
 variant folder holding a run started with other settings (another --data_path, --epochs, ...) is
 refused before anything runs: pass the same flags, another --output_dir, or --overwrite to train
-every variant afresh. Variants run in ``--workers``
-processes with one torch thread each, spawned (a script that calls ``main`` needs the usual
-``if __name__ == "__main__":`` guard). Writes ``ablation.md`` and ``ablation.csv``: test mean
+every variant afresh. Variants run in ``--workers`` spawned processes with one torch thread each (a
+script that calls ``main`` needs the usual ``if __name__ == "__main__":`` guard); after a variant's
+error or Ctrl-C no other variant starts. Writes ``ablation.md`` and ``ablation.csv``: test mean
 Acc-2 / F1 (non-0) and ECE over the missing rates, over the seven subsets, Acc-2 at p = 0, and
 ECE at p = 0.5, mean ± std over seeds, plus the validation robustness (what selection sees).
 """
