@@ -1246,3 +1246,17 @@ def test_a_failing_compilation_is_one_line_naming_the_flag(tiny, tmp_path, capsy
     assert err.count("\n") == 0 and "Traceback" not in err, err
     assert "--compile reduce-overhead" in err and "Unexpected floating ScalarType" in err and \
         "run without --compile" in err
+    assert "C++ compiler" not in err
+
+    from torch._inductor.exc import CppCompileError
+
+    def no_cxx(model, mode):  # seen on a GPU machine's image: inductor could not build its CPU kernels
+        def forward(batch):
+            raise torch._dynamo.exc.BackendCompilerFailed("inductor", CppCompileError(["g++", "k.cpp"], "error"), None)
+        return forward
+
+    monkeypatch.setattr(trainer_mod.torch, "compile", no_cxx)
+    assert main(tiny_args(tiny, tmp_path / "out2", "--compile", "default", "--device", "cpu")) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "(CppCompileError: C++ compile error)" in err, err
+    assert "needs a working C++ compiler (g++ or clang++); run without --compile" in err, err

@@ -253,8 +253,10 @@ class Trainer:
         except torch._dynamo.exc.TorchDynamoException as err:
             inner = getattr(err, "inner_exception", None) or err
             first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
+            cxx = ("; on the CPU it builds C++ kernels, which needs a working C++ compiler (g++ or clang++)"
+                   if type(inner).__name__ in ("CppCompileError", "InvalidCxxCompiler") else "")
             raise CompileError(f"--compile {self.cfg.compile}: torch.compile failed on the training forward "
-                               f"({type(inner).__name__}: {first}); run without --compile") from err
+                               f"({type(inner).__name__}: {first}){cxx}; run without --compile") from err
 
     def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
         """Self-distillation term for the samples that lost a modality to train-time dropout; the
