@@ -490,6 +490,12 @@ def test_a_data_file_that_cannot_be_read_leaves_no_run_folder_and_latest_where_i
     assert main(argv) == 1
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier", "latest"]
     assert os.readlink(tmp_path / "runs" / "latest") == "earlier"
+    monkeypatch.setenv("ATTENTION_ROBUST_DEBUG", "1")  # the traceback instead of the line: the same cleanup
+    with pytest.raises(Exception, match="unreadable or truncated pickle"):
+        main(argv)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["earlier", "latest"]
+    assert os.readlink(tmp_path / "runs" / "latest") == "earlier"
+    monkeypatch.delenv("ATTENTION_ROBUST_DEBUG")
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

@@ -156,12 +156,15 @@ def main(argv: list[str] | None = None, prog: str = "attention_robust_v4.py") ->
             return evaluate_checkpoints(cfg, given)
         return run_experiment(resume_settings(cfg, given))
 
-    metrics, status = run_reporting_errors(
-        run, f"interrupted; rerun with --resume --output_dir {cfg.output_dir} to continue")
-    if status:
-        if status == 1:  # a failed start leaves nothing; an interrupt keeps the folder its message names
+    status = EXIT_ERROR  # until run() returns: a traceback (a bug, or ATTENTION_ROBUST_DEBUG) counts as failed
+    try:
+        metrics, status = run_reporting_errors(
+            run, f"interrupted; rerun with --resume --output_dir {cfg.output_dir} to continue")
+    finally:
+        if status == EXIT_ERROR:  # a failed start leaves nothing; an interrupt keeps the folder its message names
             for folder, before in claimed:
                 release_unused_run_dir(folder, before)
+    if status:
         return status
     print(metrics["test"]["table"])
     print(f"\nwrote {metrics.get('output_dir', cfg.output_dir)}/metrics.json, predictions.npz, results.csv and plots")
