@@ -11,6 +11,7 @@
 # lists such as SEEDS="1 2 3" are space-separated; switches take 1/0: USE_VAE=0 -> --no_use_vae;
 # CONTRASTIVE_TEMP is --contrastive_temperature; CONFIG=exp.yaml -> --config, THREADS=4 -> --threads).
 # An empty variable leaves the CLI default, and flags given after the script name come last and win.
+# The flags taken from the environment are named on stderr before the run.
 # Without OUTPUT_DIR / --output_dir every run gets its own folder runs/<model>_<data>_<YYYYmmdd-HHMMSS>,
 # linked as runs/latest. Relative paths are relative to the directory you run this from. PYTHON=echo
 # prints the command instead.
@@ -20,10 +21,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 : "${PYTHON:=python3}"
 # The embedded data set (no data file, no --config): 6 epochs keep the first command to about a minute.
+defaults=()
 if [[ -z "${EPOCHS:-}${DATA_PATH:-}${DATASET:-}${CONFIG:-}" && " $* " != *" --data_path"* && " $* " != *" --dataset"* \
-      && " $* " != *" --config"* ]]; then export EPOCHS=6; fi
+      && " $* " != *" --config"* ]]; then defaults=(--epochs 6); fi
 mapper="$PYTHON"; [[ "$PYTHON" == echo ]] && mapper=python3
 env_args="$(PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$mapper" -m training.config --env-args)" || exit $?
 eval "args=($env_args)"  # shell-quoted by Python's shlex.join
 
-exec "$PYTHON" "$here/attention_robust_v4.py" "${args[@]}" "$@"
+exec "$PYTHON" "$here/attention_robust_v4.py" ${defaults[@]+"${defaults[@]}"} "${args[@]}" "$@"

@@ -11,7 +11,8 @@ derived from that metadata.
 
 ``--config FILE.yaml`` (or ``.json``) sets fields from a file; flags given beside it win.
 ``python -m training.config --env-args`` prints the flags that upper-case environment variables
-set (``HIDDEN_DIM=64`` -> ``--hidden_dim 64``, ``USE_VAE=0`` -> ``--no_use_vae``): ``train_v4.sh``.
+set (``HIDDEN_DIM=64`` -> ``--hidden_dim 64``, ``USE_VAE=0`` -> ``--no_use_vae``): ``train_v4.sh``;
+and says so on stderr, so that a variable set for something else does not change a run unseen.
 """
 
 from __future__ import annotations
@@ -611,10 +612,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--env-args"]:
         try:
-            print(shlex.join(env_args(os.environ)))
+            args = env_args(os.environ)
         except ValueError as err:
             print(err, file=sys.stderr)
             return 2
+        if args:  # variables of so generic a name (DEVICE, SEEDS, CONFIG) may be set for something else
+            print(f"train_v4.sh: from the environment: {shlex.join(args)}", file=sys.stderr)
+        print(shlex.join(args))
         return 0
     build_parser().print_help(sys.stdout)
     return 0
