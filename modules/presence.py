@@ -34,7 +34,7 @@ def check_presence(presence: torch.Tensor) -> None:
     step."""
     if presence.dim() != 2 or presence.shape[1] != 3:
         raise ValueError(f"presence must have shape (B, 3), got {tuple(presence.shape)}")
-    if _checked or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _checked:  # compiling first: no guard on the flag in a compiled graph
         return
     empty = ~presence.bool().any(dim=1)
     if bool(empty.any()):  # one host sync; the rows are looked up only on error
