@@ -28,4 +28,5 @@ mapper="$PYTHON"; [[ "$PYTHON" == echo ]] && mapper=python3
 env_args="$(PYTHONPATH="$here${PYTHONPATH:+:$PYTHONPATH}" "$mapper" -m training.config --env-args)" || exit $?
 eval "args=($env_args)"  # shell-quoted by Python's shlex.join
 
-exec "$PYTHON" "$here/attention_robust_v4.py" ${defaults[@]+"${defaults[@]}"} "${args[@]}" "$@"
+# ${a[@]+"${a[@]}"}: an empty array under set -u (bash before 4.4 calls "${a[@]}" unbound)
+exec "$PYTHON" "$here/attention_robust_v4.py" ${defaults[@]+"${defaults[@]}"} ${args[@]+"${args[@]}"} "$@"

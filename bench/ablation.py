@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import multiprocessing
+import signal
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -61,23 +62,40 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+_IN_WORKER = False  # set in the pool's processes (_worker_start)
+
+
+def _worker_start() -> None:
+    """An idle pool process ignores Ctrl-C (meant for the running variants and the study): interrupted
+    there, it would break the pool, which then terminates the running variants mid-checkpoint."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _run_variant(args: tuple[str, dict, dict]) -> str:
     import torch
 
     from training.run import run_experiment
 
     name, base, overrides = args
-    torch.set_num_threads(1)
-    cfg = Config(**{**base, **overrides})
-    cfg.validate()
-    if needs_run(cfg):
-        run_experiment(cfg)
+    if _IN_WORKER:  # a running variant stops on Ctrl-C, keeping its checkpoints
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        torch.set_num_threads(1)
+        cfg = Config(**{**base, **overrides})
+        cfg.validate()
+        if needs_run(cfg):
+            run_experiment(cfg)
+    finally:
+        if _IN_WORKER:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return name
 
 
 def needs_run(cfg: Config) -> bool:
-    """Whether the variant run of ``cfg`` must train: not with ``overwrite`` when its folder holds a
-    finished run of the same seeds (given more seeds it resumes; the others are read back)."""
+    """Whether the variant run of ``cfg`` must train: always with ``overwrite``; otherwise unless its
+    folder holds a finished run of the same seeds (given more seeds it resumes; the others are read back)."""
     out = Path(cfg.output_dir)
     done = saved_settings(out) if (out / "metrics.json").exists() else None
     return cfg.overwrite or done is None or done.get("seeds") != cfg.seeds
@@ -266,14 +284,19 @@ def main(argv: list[str] | None = None) -> int:
         # one variant per free process, none queued beyond: after an error or an interrupt (Ctrl-C reaches
         # the processes too) the running variants stop or finish, and no other variant starts
         queue = list(todo)
-        with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=pool_context()) as pool:
+        with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=pool_context(),
+                                 initializer=_worker_start) as pool:
             running = {pool.submit(_run_variant, queue.pop(0)) for _ in range(min(args.workers, len(queue)))}
             while running:
                 done, running = wait(running, return_when=FIRST_COMPLETED)
+                failed = [f for f in done if f.exception() is not None]
                 for future in done:
-                    print(f"finished {future.result()}", file=sys.stderr, flush=True)
-                    if queue:
-                        running.add(pool.submit(_run_variant, queue.pop(0)))
+                    if future not in failed:
+                        print(f"finished {future.result()}", file=sys.stderr, flush=True)
+                if failed:  # the running variants finish (their runs stay usable); no other starts
+                    raise failed[0].exception()
+                while queue and len(running) < args.workers:
+                    running.add(pool.submit(_run_variant, queue.pop(0)))
 
     def write_summary() -> str:
         df = summarise(root, args.variants)

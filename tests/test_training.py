@@ -867,6 +867,28 @@ def test_an_internal_bug_keeps_its_traceback(tiny, tmp_path, monkeypatch):
 
 
 # ---- devices (issue 11 item 1) -------------------------------------------------------------------------
+def test_the_training_steps_leave_the_presence_check_to_the_epochs_masks(tmp_path, monkeypatch):
+    # the model's per-batch presence check is a host sync on a GPU: within an epoch the trainer has
+    # checked all its dropout masks up front, and every forward of the epoch runs within presence_checked
+    import modules.presence as presence_mod
+    from datasets import make_synthetic
+    from training.config import Config
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
+    trainer = Trainer(Config(device="cpu", hidden_dim=16, num_heads=2, batch_size=16, epochs=1), data, 7, tmp_path,
+                      progress=False)
+    seen, fuse = [], type(trainer.model).fuse
+
+    def spy(self, states, presence):
+        seen.append(presence_mod._checked)
+        return fuse(self, states, presence)
+
+    monkeypatch.setattr(type(trainer.model), "fuse", spy)
+    trainer.train_epoch()
+    assert len(seen) == 4 and all(seen) and not presence_mod._checked
+
+
 def test_rng_state_of_a_cpu_run_leaves_cuda_alone_and_a_cuda_run_keeps_its_own_card(monkeypatch):
     # was: every card's CUDA generator was saved whenever a GPU was present: a --device cpu run made a
     # CUDA context on card 0, and a run resumed on cuda:1 got card 0's state back
