@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import torch
@@ -11,19 +12,18 @@ from datasets.types import MODALITIES
 
 __all__ = ["MODALITIES", "check_presence", "presence_checked"]
 
-_checked = False  # inside presence_checked()
+_checked = contextvars.ContextVar("presence_checked", default=False)  # inside presence_checked(), per thread
 
 
 @contextlib.contextmanager
 def presence_checked() -> Iterator[None]:
     """Within, ``check_presence`` checks shapes only: the caller has checked every mask it passes (the
     trainer its epoch's dropout masks, before the first step), so a step makes no host sync."""
-    global _checked
-    before, _checked = _checked, True
+    token = _checked.set(True)
     try:
         yield
     finally:
-        _checked = before
+        _checked.reset(token)
 
 
 def check_presence(presence: torch.Tensor) -> None:
@@ -34,7 +34,7 @@ def check_presence(presence: torch.Tensor) -> None:
     step."""
     if presence.dim() != 2 or presence.shape[1] != 3:
         raise ValueError(f"presence must have shape (B, 3), got {tuple(presence.shape)}")
-    if torch.compiler.is_compiling() or _checked:  # compiling first: no guard on the flag in a compiled graph
+    if torch.compiler.is_compiling() or _checked.get():  # compiling first: the graph never reads the flag
         return
     empty = ~presence.bool().any(dim=1)
     if bool(empty.any()):  # one host sync; the rows are looked up only on error

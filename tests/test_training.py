@@ -881,12 +881,12 @@ def test_the_training_steps_leave_the_presence_check_to_the_epochs_masks(tmp_pat
     seen, fuse = [], type(trainer.model).fuse
 
     def spy(self, states, presence):
-        seen.append(presence_mod._checked)
+        seen.append(presence_mod._checked.get())
         return fuse(self, states, presence)
 
     monkeypatch.setattr(type(trainer.model), "fuse", spy)
     trainer.train_epoch()
-    assert len(seen) == 4 and all(seen) and not presence_mod._checked
+    assert len(seen) == 4 and all(seen) and not presence_mod._checked.get()
 
 
 def test_rng_state_of_a_cpu_run_leaves_cuda_alone_and_a_cuda_run_keeps_its_own_card(monkeypatch):
