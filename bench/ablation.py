@@ -286,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         queue = list(todo)
         with ProcessPoolExecutor(max_workers=min(args.workers, len(todo)), mp_context=pool_context(),
                                  initializer=_worker_start) as pool:
-            running = {pool.submit(_run_variant, queue.pop(0)) for _ in range(min(args.workers, len(queue)))}
-            while running:
+            running: set = set()
+            while queue or running:
+                while queue and len(running) < args.workers:
+                    running.add(pool.submit(_run_variant, queue.pop(0)))
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 failed = [f for f in done if f.exception() is not None]
                 for future in done:
@@ -295,8 +297,6 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"finished {future.result()}", file=sys.stderr, flush=True)
                 if failed:  # the running variants finish (their runs stay usable); no other starts
                     raise failed[0].exception()
-                while queue and len(running) < args.workers:
-                    running.add(pool.submit(_run_variant, queue.pop(0)))
 
     def write_summary() -> str:
         df = summarise(root, args.variants)
