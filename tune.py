@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +419,32 @@ def describe_data(identity: Any) -> str:
     return what
 
 
+def record_once(study: optuna.Study, key: str, value: Any, mismatch: Callable[[Any], str]) -> None:
+    """Record ``value`` as the study's ``key`` user attribute for good, or raise ``TuneError(mismatch(stored))``
+    when the study holds another. Safe when workers start a new study together: each first writes a claim
+    ``key:<digest>`` and reads the claims back, so at most one of two different values is recorded (the
+    other worker, or both, stop with the error) where a plain read-then-write lets the last write win.
+    A study made before ``key`` was recorded takes this run's value."""
+    def recorded() -> tuple[Any, list]:
+        attrs = study.user_attrs  # read from the storage each time
+        return attrs.get(key), [v for k, v in attrs.items() if k.startswith(f"{key}:") and v is not None]
+
+    stored, claims = recorded()
+    other = stored if stored is not None else next((c for c in claims if c != value), None)
+    if other is not None and other != value:
+        raise TuneError(mismatch(other))
+    if stored is not None:
+        return
+    claim = f"{key}:{hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]}"
+    study.set_user_attr(claim, value)
+    stored, claims = recorded()
+    other = next((v for v in [stored, *claims] if v is not None and v != value), None)
+    if other is not None:
+        study.set_user_attr(claim, None)  # withdrawn: the study is left to the other worker's value
+        raise TuneError(f"{mismatch(other)} (another worker started the study on it at the same moment)")
+    study.set_user_attr(key, value)
+
+
 def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBStorage,
                          pruner: optuna.pruners.BasePruner, data: dict) -> optuna.Study:
     """Create the study or resume it (its objectives, directions and data, a ``data_identity``, must
@@ -428,18 +456,18 @@ def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBSto
     except Exception as err:
         raise TuneError(f"cannot create or load study {ns.study_name!r} in {mask_url(storage.url)}: "
                         f"{first_line(err)}") from None
-    have, stored = [d.name.lower() for d in study.directions], study.user_attrs.get("objectives")
-    if have != ns.directions or stored not in (None, ns.objective):
-        raise TuneError(f"study {ns.study_name!r} already exists with objectives {stored} and directions "
-                        f"{have}; give another --study_name or the same --objective")
-    if stored is None:
-        study.set_user_attr("objectives", list(ns.objective))
-    searched = study.user_attrs.get("data")
-    if searched is not None and searched != data:
-        raise TuneError(f"study {ns.study_name!r} was run on {describe_data(searched)}, not on "
-                        f"{describe_data(data)}; give another --study_name or the same --data_path/--dataset")
-    if searched is None:
-        study.set_user_attr("data", data)
+    have = [d.name.lower() for d in study.directions]
+
+    def other_objectives(objectives: Any) -> str:
+        return (f"study {ns.study_name!r} already exists with objectives {objectives} and directions {have}; "
+                f"give another --study_name or the same --objective")
+
+    if have != ns.directions:
+        raise TuneError(other_objectives(study.user_attrs.get("objectives")))
+    record_once(study, "objectives", list(ns.objective), other_objectives)
+    record_once(study, "data", data, lambda stored: (
+        f"study {ns.study_name!r} was run on {describe_data(stored)}, not on {describe_data(data)}; give another "
+        f"--study_name or the same --data_path/--dataset"))
     seed = ns.sampler_seed
     if seed is not None:
         seed = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])

@@ -4,8 +4,10 @@ the best trial's validation value."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -304,6 +306,49 @@ def test_a_study_is_resumed_only_on_the_data_it_searched(tiny, tmp_path, fake_tr
                                                                  (("train", 1284), ("valid", 229), ("test", 686))})
     assert tune.describe_data(tune.data_identity(Config(synthetic_seed=3), synthetic)) == \
         "the embedded synthetic data (--synthetic_seed 3) (1284/229/686 train/valid/test samples)"
+
+
+def test_workers_that_start_a_new_study_together_on_different_data_never_both_run(tmp_path, monkeypatch):
+    # two workers read "no data recorded yet" before either wrote, and the last write won: both searched
+    # one study, each on its own file
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    ns = argparse.Namespace(study_name="s", directions=["maximize"], objective=["f1_robust"], sampler_seed=None)
+    a, b = ({"dataset": name, "file": f"{name}.pkl", "synthetic_seed": None, "sizes": {"train": n}}
+            for name, n in (("a", 9), ("b", 8)))
+    start = functools.partial(tune.create_or_load_study, ns, optuna.storages.RDBStorage(url),
+                              optuna.pruners.NopPruner())
+    set_attr, outcome = optuna.Study.set_user_attr, {}
+
+    def meanwhile(step):  # the other worker runs `step` just after this one wrote its claim
+        def hook(study, key, value):
+            set_attr(study, key, value)
+            if key.startswith("data:") and value == a and "b" not in outcome:
+                outcome["b"] = "started"
+                step()
+        return hook
+
+    def b_starts():  # b starts after a's claim: b's own check sees it
+        with pytest.raises(tune.TuneError, match=r"was run on a\.pkl \(9 train samples\), not on b\.pkl"):
+            start(b)
+
+    monkeypatch.setattr(optuna.Study, "set_user_attr", meanwhile(b_starts))
+    start(a)
+    assert load(url, "s").user_attrs["data"] == a
+    # b's claim lands between a's claim and a's check: a withdraws, and b goes on alone
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    start = functools.partial(tune.create_or_load_study, ns, optuna.storages.RDBStorage(url),
+                              optuna.pruners.NopPruner())
+    outcome.clear()
+    monkeypatch.setattr(optuna.Study, "set_user_attr", meanwhile(
+        lambda: set_attr(load(url, "s"), "data:" + "b" * 16, b)))
+    raced = r"was run on b\.pkl \(8 train samples\), not on a\.pkl.*\(another worker started the study on it"
+    with pytest.raises(tune.TuneError, match=raced):
+        start(a)
+    monkeypatch.setattr(optuna.Study, "set_user_attr", set_attr)
+    start(b)
+    assert load(url, "s").user_attrs["data"] == b
+    with pytest.raises(tune.TuneError, match=r"was run on b\.pkl"):
+        start(a)
 
 
 def test_an_output_dir_that_cannot_be_made_is_one_line(tiny, tmp_path, monkeypatch, capsys):
