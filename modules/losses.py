@@ -102,15 +102,15 @@ def distillation_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], se
     Per sample: ``KL(softmax(teacher logits) || softmax(student logits)) + |score_s - score_t|``;
     the teacher's outputs carry no gradient. ``student/teacher`` hold ``score (B,)`` and
     ``logits (B, C)``; ``select (B,)`` bool picks the samples that count (those that lost a
-    modality). Returns the mean over the selected samples, or 0 without gradient if none is.
+    modality). Returns the mean over the selected samples (0, with zero gradient, if none is), with no
+    host synchronization: the unselected samples are weighted out, not indexed out.
     """
-    if not bool(select.any()):
-        return student["score"].new_zeros(())
-    t_logits, s_logits = teacher["logits"][select].detach().float(), student["logits"][select].float()
+    t_logits, s_logits = teacher["logits"].detach().float(), student["logits"].float()
     kl = F.kl_div(F.log_softmax(s_logits, dim=-1), F.log_softmax(t_logits, dim=-1), log_target=True,
                   reduction="none").sum(dim=-1)
-    l1 = (student["score"][select].float() - teacher["score"][select].detach().float()).abs()
-    return (kl + l1).mean()
+    l1 = (student["score"].float() - teacher["score"].detach().float()).abs()
+    per_sample = torch.where(select, kl + l1, 0.0)
+    return per_sample.sum() / select.sum().clamp_min(1)
 
 
 # ---- VAE -------------------------------------------------------------------------------------

@@ -433,6 +433,26 @@ def test_distillation_term_counts_only_samples_that_lost_a_modality(tiny, tmp_pa
     assert not seen and load_checkpoint(out / "seed_7" / "last.pt")["history"][0]["loss/distill"] == 0
 
 
+def test_the_distillation_term_adds_no_host_sync_to_a_step(tmp_path):
+    # it asked the device whether a sample lost a modality, then indexed the lost ones out: five
+    # reads per step that a GPU step waits on; the epoch's dropout is drawn on the host and says it
+    import torch
+
+    from bench.throughput import op_counts
+    from datasets import make_synthetic
+    from training.config import Config
+    from training.trainer import Trainer
+
+    data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
+    counts = {}
+    for weight in (0.0, 0.5):
+        trainer = Trainer(Config(hidden_dim=16, num_heads=2, batch_size=16, distill_weight=weight,
+                                 train_missing_rate=0.5), data, 7, tmp_path / str(weight), progress=False)
+        counts[weight] = op_counts(trainer, torch.device("cpu"))
+    assert counts[0.5]["aten_ops"] > counts[0.0]["aten_ops"]  # the teacher's forward ran
+    assert counts[0.5]["syncs"] == counts[0.0]["syncs"]
+
+
 @pytest.mark.slow
 def test_train_v4_sh_maps_variables_to_flags_the_cli_accepts():
     from training.config import config_from_args

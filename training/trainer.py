@@ -258,15 +258,17 @@ class Trainer:
             raise CompileError(f"--compile {self.cfg.compile}: torch.compile failed on the training forward "
                                f"({type(inner).__name__}: {first}){cxx}; run without --compile") from err
 
-    def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict) -> torch.Tensor:
+    def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict,
+                      any_lost: bool) -> torch.Tensor:
         """Self-distillation term for the samples that lost a modality to train-time dropout; the
-        teacher is this model in eval mode, without gradient, on the batch before dropout."""
-        lost = (full["presence"].to(self.device) != batch["presence"]).any(dim=1)
-        if not bool(lost.any()):
+        teacher is this model in eval mode, without gradient, on the batch before dropout. ``any_lost``:
+        whether any did, known on the host (the epoch's dropout is drawn there), so no step waits to learn it."""
+        if not any_lost:
             return out["score"].new_zeros(())
+        lost = (full["presence"] != batch["presence"]).any(dim=1)
         self.model.eval()
         with torch.no_grad():
-            teacher = self.model({k: v.to(self.device, non_blocking=True) for k, v in full.items()})
+            teacher = self.model(full)
         self.model.train()
         return distillation_loss(out, teacher, lost)
 
@@ -308,7 +310,9 @@ class Trainer:
         order_host = order.numpy()
         if source.resident:  # the batches are gathered where the data is
             order = order.to(dev, non_blocking=True)
-        drops = self._epoch_presence([s.stop - s.start for s in slices]).to(dev, non_blocking=True)
+        drops = self._epoch_presence([s.stop - s.start for s in slices])
+        lost = ~drops.numpy().all(axis=1)  # the rows dropout takes a modality from, known on the host
+        drops = drops.to(dev, non_blocking=True)
         # summed over the epoch on the device, read once at its end: the total loss and every term;
         # the diagnostics (step_diagnostics)
         sums: torch.Tensor | None = None
@@ -337,7 +341,8 @@ class Trainer:
                     out = self._forward(batch)
                     terms = loss_terms(cfg, out, batch["labels"], kl_scale)
                     if cfg.distill_weight > 0:
-                        terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out)
+                        terms["distill"] = cfg.distill_weight * self._distillation(full, batch, out,
+                                                                                   bool(lost[sl].any()))
                 terms = {k: v.float() for k, v in terms.items()}
                 values = torch.stack(list(terms.values()))  # one tensor for the loss, the sums and the NaN record
                 if lazy:
