@@ -998,8 +998,8 @@ def test_resume_and_eval_only_on_cuda(tiny, tmp_path, amp):
 
 
 @CUDA
-@pytest.mark.parametrize("amp", [False, True])
-def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp):
+@pytest.mark.parametrize(("amp", "distill"), [(False, 0.0), (True, 0.0), (True, 0.5)])
+def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp, distill):
     # the loss sums, the diagnostics and the non-finite record are read once per epoch, and the model's
     # presence check is left to the epoch's up-front check: a longer epoch adds no synchronization
     import warnings
@@ -1012,7 +1012,8 @@ def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp):
 
     def syncs(n_train: int) -> int:
         data = make_synthetic(seed=0, n_train=n_train, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
-        trainer = Trainer(Config(device="cuda", amp=amp, hidden_dim=16, num_heads=2, batch_size=16, epochs=2),
+        trainer = Trainer(Config(device="cuda", amp=amp, hidden_dim=16, num_heads=2, batch_size=16, epochs=2,
+                                 distill_weight=distill),
                           data, 7, tmp_path / str(n_train), progress=False)
         trainer.train_epoch()  # the split goes to the card once
         torch.cuda.set_sync_debug_mode("warn")
