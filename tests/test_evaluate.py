@@ -69,10 +69,34 @@ def test_fuse_many_in_length_order_with_chunks_cut_to_their_longest_row_equals_o
 def test_fuse_many_still_refuses_a_row_without_modalities():
     ev, test = _evaluator("attention_robust_v4")
     bad = np.ones((test.n, 3), dtype=bool)
-    bad[5] = False
+    row = int(np.argsort(-test.lengths.max(1), kind="stable")[-1])  # the longest rows go first: the last of them,
+    assert test.n > 512  # in a second chunk
+    bad[row] = False
     presences = [subset_masks(test.n, s) for s in SUBSETS] + [bad]
-    with pytest.raises(ValueError, match="sample.* 5 have no modality present"):
+    with pytest.raises(ValueError, match=rf"^sample\(s\) {row} have no modality present"):  # the split's row number
         ev.fuse_many(test, presences)
+    with pytest.raises(ValueError, match=rf"^sample\(s\) {row} have no modality present"):
+        ev.fuse(ev.encode(test), bad)
+
+
+def test_an_evaluation_pass_reads_nothing_back_per_chunk(monkeypatch):
+    # each chunk's fuse checked its presence mask with a host read (a wait on a GPU); the masks are
+    # checked once, on the host, before the first chunk
+    from torch.profiler import ProfilerActivity, profile
+
+    import training.evaluate as evaluate
+
+    ev, test = _evaluator("attention_robust_v4")
+    masks = [modality_masks(test.n, p) for p in (0.0, 0.3, 0.5)]
+
+    def reads(chunk_rows: int) -> int:
+        monkeypatch.setattr(evaluate, "EVAL_BATCH", chunk_rows)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            ev.fuse_many(test, masks[:1])
+            ev.fuse(ev.encode(test), masks[0])
+        return sum(e.name in ("aten::_local_scalar_dense", "aten::nonzero") for e in prof.events())
+
+    assert reads(128) == reads(512)  # 5 chunks and 2
 
 
 def test_frame_erasure_batch_by_batch_equals_the_erased_copy():

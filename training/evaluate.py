@@ -24,6 +24,7 @@ from datasets import (
     trim_to_longest,
 )
 from datasets.classes import class_centres, positive_probability
+from modules.presence import check_presence, presence_checked
 from training.metrics import mean_std, sentiment_metrics, sentiment_metrics_many
 from training.objectives import LOWER_IS_BETTER, OBJECTIVES
 
@@ -161,11 +162,14 @@ class Evaluator:
         batch of ``batch_size`` rows is first adapted on (``source``: the encoded split)."""
         self.model.eval()
         n, rows = len(presence), self._rows(self.tta)
-        pres = torch.from_numpy(np.asarray(presence, dtype=bool)).to(self.device)
+        pres = torch.from_numpy(np.asarray(presence, dtype=bool))
+        check_presence(pres)  # once, on the host: the chunks' passes then wait on no check
+        pres = pres.to(self.device)
         parts = []
-        for i in range(0, n, rows):
-            chunk = {k: v[i:i + rows].to(self.device, non_blocking=True) for k, v in states.items()}
-            parts.append(self._fuse_chunk(chunk, pres[i:i + rows], self.autocast, self.tta, source, i))
+        with presence_checked():
+            for i in range(0, n, rows):
+                chunk = {k: v[i:i + rows].to(self.device, non_blocking=True) for k, v in states.items()}
+                parts.append(self._fuse_chunk(chunk, pres[i:i + rows], self.autocast, self.tta, source, i))
         return _collect(parts)
 
     @torch.no_grad()
@@ -185,26 +189,30 @@ class Evaluator:
         autocast, tta = (False, None) if raw else (self.autocast, self.tta)
         self.model.eval()
         source = SplitTensors(split, self.device, keep=keep)
-        masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences])).to(self.device)  # (K, N, 3)
+        masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences]))  # (K, N, 3)
+        for mask in masks:
+            check_presence(mask)  # once, on the host, naming the split's rows: the passes then wait on no check
+        masks = masks.to(self.device)
         codes = np.stack([presence_patterns(p) for p in presences])  # (K, N) pattern of each row under each mask
         lengths = np.asarray(split.lengths)
         order = np.arange(split.n) if tta is not None else np.argsort(-lengths.max(1), kind="stable")
         rows = self._rows(tta)
         parts: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in presences]
-        for i in range(0, split.n, rows):
-            idx = order[i:i + rows]
-            batch = trim_to_longest(source.gather(torch.from_numpy(idx)), lengths[idx])
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                states = self.model.encode(batch)
-            chunk_codes = codes[:, idx]
-            patterns = np.unique(chunk_codes)
-            if tta is None and len(patterns) < len(presences) and patterns[0] >= 0:  # (-1: a row with no modality)
-                for j, out in enumerate(self._fuse_by_pattern(states, chunk_codes, patterns, autocast)):
-                    parts[j].append(out)
-                continue
-            at = torch.from_numpy(idx).to(self.device)
-            for j in range(len(presences)):
-                parts[j].append(self._fuse_chunk(states, masks[j, at], autocast, tta, source, i))
+        with presence_checked():
+            for i in range(0, split.n, rows):
+                idx = order[i:i + rows]
+                batch = trim_to_longest(source.gather(torch.from_numpy(idx)), lengths[idx])
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    states = self.model.encode(batch)
+                chunk_codes = codes[:, idx]
+                patterns = np.unique(chunk_codes)
+                if tta is None and len(patterns) < len(presences):
+                    for j, out in enumerate(self._fuse_by_pattern(states, chunk_codes, patterns, autocast)):
+                        parts[j].append(out)
+                    continue
+                at = torch.from_numpy(idx).to(self.device)
+                for j in range(len(presences)):
+                    parts[j].append(self._fuse_chunk(states, masks[j, at], autocast, tta, source, i))
         back = np.argsort(order)  # the inverse permutation, made once for every mask
         return [_collect(p, back) for p in parts]
 
