@@ -118,7 +118,7 @@ class AttentionRobustV4(MultimodalModel):
         # those are left out of the proxy attention, whose keys for them would all be masked
         used = ([True] * len(MODALITIES) if presence.device.type != "cpu" or torch.compiler.is_compiling()
                 else presence.bool().any(dim=0).tolist())
-        presence = presence.to(states["text_mu"].device).bool()
+        presence = presence.to(states["text_mu"].device, non_blocking=True).bool()  # no wait on the stream
         check_presence(presence)
         B = presence.shape[0]
         G = B // states["text_mu"].shape[0]  # presence patterns the states are fused under at once

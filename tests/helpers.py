@@ -15,6 +15,7 @@ from datasets import make_synthetic
 from modules.presence import MODALITIES
 
 DIMS = {"text": 12, "audio": 5, "vision": 7}
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 
 
 def make_batch(B: int = 6, lengths: tuple[int, int, int] = (8, 8, 8), dims: dict[str, int] | None = None,

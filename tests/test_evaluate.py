@@ -8,6 +8,7 @@ import torch
 
 from datasets import SUBSETS, make_synthetic, modality_masks, subset_masks
 from modules.registry import create_model
+from tests.helpers import CUDA
 from training.config import Config
 from training.evaluate import PATTERN_PRESENCE, Evaluator, presence_patterns
 from training.metrics import sentiment_metrics
@@ -97,6 +98,35 @@ def test_an_evaluation_pass_reads_nothing_back_per_chunk(monkeypatch):
         return sum(e.name in ("aten::_local_scalar_dense", "aten::nonzero") for e in prof.events())
 
     assert reads(128) == reads(512)  # 5 chunks and 2
+
+
+@CUDA
+def test_an_evaluation_pass_on_cuda_waits_on_the_card_only_to_collect(monkeypatch):
+    # per chunk, the presence check read the card and the row index and pass table went over in
+    # blocking copies (each waits for the work queued before it); more chunks add no wait now
+    import warnings
+
+    import training.evaluate as evaluate
+
+    ev, test = _evaluator("attention_robust_v4")
+    ev.device = torch.device("cuda")
+    ev.model.to(ev.device)
+    sweep = [modality_masks(test.n, p) for p in (0.0, 0.3, 0.5)] + [subset_masks(test.n, s) for s in SUBSETS]
+
+    def syncs(chunk_rows: int) -> int:
+        monkeypatch.setattr(evaluate, "EVAL_BATCH", chunk_rows)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ev.fuse_many(test, sweep)  # one pass per pattern
+                ev.fuse_many(test, sweep[:1])  # one pass per mask
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    ev.fuse_many(test, sweep[:1])  # warm-up: the card's first use
+    assert syncs(128) == syncs(512)
 
 
 def test_frame_erasure_batch_by_batch_equals_the_erased_copy():

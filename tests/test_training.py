@@ -18,14 +18,13 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from tests.conftest import ROOT
-from tests.helpers import need_cpu_compile, tiny_args, tiny_pickle
+from tests.helpers import CUDA, need_cpu_compile, tiny_args, tiny_pickle
 from training.cli import main
 
 INTERFACES = ROOT / "docs" / "INTERFACES.md"
 SECTIONS = ("missing_rate", "frame_missing_rate", "subsets")
 METRICS = {"acc2_has0", "f1_has0", "acc2_non0", "f1_non0", "mae", "corr", "acc7", "ece"}
 PROBABILITY_FIELDS = {"brier", "nll", "ece_twin_mean", "ece_twin_lo", "ece_twin_hi"}  # extra fields (INTERFACES)
-CUDA = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device on this machine")
 
 
 @pytest.fixture(scope="module")

@@ -210,7 +210,7 @@ class Evaluator:
                     for j, out in enumerate(self._fuse_by_pattern(states, chunk_codes, patterns, autocast)):
                         parts[j].append(out)
                     continue
-                at = torch.from_numpy(idx).to(self.device)
+                at = torch.from_numpy(idx).to(self.device, non_blocking=True)  # a blocking copy waits on the stream
                 for j in range(len(presences)):
                     parts[j].append(self._fuse_chunk(states, masks[j, at], autocast, tta, source, i))
         back = np.argsort(order)  # the inverse permutation, made once for every mask
@@ -237,7 +237,8 @@ class Evaluator:
             passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
                       for c in patterns]
             tables = [None if passes[0][t] is None else torch.stack([p[t] for p in passes]) for t in range(3)]
-        where = torch.from_numpy(np.searchsorted(patterns, codes)).to(self.device)  # (K, n): the pass of each row
+        where = np.searchsorted(patterns, codes)  # (K, n): the pass of each row
+        where = torch.from_numpy(where).to(self.device, non_blocking=True)
         rows = torch.arange(n, device=self.device)
         return [tuple(None if tab is None else tab[where[j], rows] for tab in tables) for j in range(len(codes))]
 
