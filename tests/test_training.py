@@ -442,7 +442,7 @@ def test_the_distillation_term_adds_no_host_sync_to_a_step(tmp_path):
     from training.config import Config
     from training.trainer import Trainer
 
-    data = make_synthetic(seed=0, n_train=64, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
+    data = make_synthetic(seed=0, n_train=32, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
     counts = {}
     for weight in (0.0, 0.5):
         trainer = Trainer(Config(hidden_dim=16, num_heads=2, batch_size=16, distill_weight=weight,
