@@ -73,6 +73,7 @@ def test_generated_lengths_follow_one_duration_or_are_drawn_per_modality():
         make_shaped(layout, (3, 3, 3), lengths="sorted")
 
 
+@pytest.mark.slow
 def test_length_buckets_benchmark_prints_both_models_at_both_length_kinds(capsys):
     from bench.length_buckets import run
 
