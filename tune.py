@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -32,6 +31,7 @@ import shlex
 import socket
 import sys
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -419,30 +419,49 @@ def describe_data(identity: Any) -> str:
     return what
 
 
-def record_once(study: optuna.Study, key: str, value: Any, mismatch: Callable[[Any], str]) -> None:
-    """Record ``value`` as the study's ``key`` user attribute for good, or raise ``TuneError(mismatch(stored))``
-    when the study holds another. Safe when workers start a new study together: each first writes a claim
-    ``key:<digest>`` and reads the claims back, so at most one of two different values is recorded (the
-    other worker, or both, stop with the error) where a plain read-then-write lets the last write win.
-    A study made before ``key`` was recorded takes this run's value."""
-    def recorded() -> tuple[Any, list]:
-        attrs = study.user_attrs  # read from the storage each time
-        return attrs.get(key), [v for k, v in attrs.items() if k.startswith(f"{key}:") and v is not None]
+CLAIM_SECONDS = 120.0  # a claim not made a record by then is a dead worker's, and no longer counts
 
-    stored, claims = recorded()
-    other = stored if stored is not None else next((c for c in claims if c != value), None)
-    if other is not None and other != value:
-        raise TuneError(mismatch(other))
+
+def record_once(study: optuna.Study, key: str, value: Any, mismatch: Callable[[Any, bool], str]) -> None:
+    """Record ``value`` as the study's ``key`` user attribute for good, or raise ``TuneError(mismatch(other,
+    claimed))`` when the study holds another (``claimed``: another worker is recording it at this moment).
+
+    Safe when workers start a new study together, where a plain read-then-write lets the last write
+    win: each worker first writes a claim of its own (``key:<random>``, with the time), reads every
+    claim back, and records ``value`` only if no other value is claimed or recorded; otherwise it
+    withdraws its claim and stops. Of two workers with different values the later reader sees the
+    other's claim, so at most one value is ever recorded. A study made before ``key`` was recorded
+    takes this run's value."""
+    def current() -> tuple[Any, Any]:  # (the record, another value claimed in the last CLAIM_SECONDS)
+        attrs, now = study.user_attrs, time.time()  # read from the storage each time
+        claims = [c["value"] for k, c in attrs.items() if k.startswith(f"{key}:") and isinstance(c, dict)
+                  and now - c.get("at", 0.0) < CLAIM_SECONDS]
+        return attrs.get(key), next((c for c in claims if c != value), None)
+
+    def check(stored: Any, claimed: Any) -> None:
+        if stored is not None and stored != value:
+            raise TuneError(mismatch(stored, False))
+        if stored is None and claimed is not None:
+            raise TuneError(mismatch(claimed, True))
+
+    stored, claimed = current()
+    check(stored, claimed)
     if stored is not None:
         return
-    claim = f"{key}:{hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]}"
-    study.set_user_attr(claim, value)
-    stored, claims = recorded()
-    other = next((v for v in [stored, *claims] if v is not None and v != value), None)
-    if other is not None:
-        study.set_user_attr(claim, None)  # withdrawn: the study is left to the other worker's value
-        raise TuneError(f"{mismatch(other)} (another worker started the study on it at the same moment)")
+    mine = f"{key}:{uuid.uuid4().hex}"
+    study.set_user_attr(mine, {"value": value, "at": time.time()})
+    try:
+        check(*current())
+    except TuneError:
+        study.set_user_attr(mine, None)  # withdrawn: the study is left to the other worker's value
+        raise
     study.set_user_attr(key, value)
+    study.set_user_attr(mine, None)  # recorded first: a worker reading now sees the record
+
+
+def claim_note(claimed: bool) -> str:
+    """The end of a ``record_once`` message about another worker's claim."""
+    return f" (if that worker died, its claim lapses {CLAIM_SECONDS:.0f} s after it was made)" if claimed else ""
 
 
 def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBStorage,
@@ -458,16 +477,20 @@ def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBSto
                         f"{first_line(err)}") from None
     have = [d.name.lower() for d in study.directions]
 
-    def other_objectives(objectives: Any) -> str:
-        return (f"study {ns.study_name!r} already exists with objectives {objectives} and directions {have}; "
-                f"give another --study_name or the same --objective")
+    def other_objectives(objectives: Any, claimed: bool = False) -> str:
+        exists = "is being started by another worker" if claimed else "already exists"
+        return (f"study {ns.study_name!r} {exists} with objectives {objectives} and directions {have}; "
+                f"give another --study_name or the same --objective{claim_note(claimed)}")
+
+    def other_data(other: Any, claimed: bool) -> str:
+        run = "is being started by another worker" if claimed else "was run"
+        return (f"study {ns.study_name!r} {run} on {describe_data(other)}, not on {describe_data(data)}; give "
+                f"another --study_name or the same --data_path/--dataset{claim_note(claimed)}")
 
     if have != ns.directions:
         raise TuneError(other_objectives(study.user_attrs.get("objectives")))
     record_once(study, "objectives", list(ns.objective), other_objectives)
-    record_once(study, "data", data, lambda stored: (
-        f"study {ns.study_name!r} was run on {describe_data(stored)}, not on {describe_data(data)}; give another "
-        f"--study_name or the same --data_path/--dataset"))
+    record_once(study, "data", data, other_data)
     seed = ns.sampler_seed
     if seed is not None:
         seed = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])

@@ -8,14 +8,17 @@ import argparse
 import contextlib
 import errno
 import functools
+import itertools
 import json
 import logging
 import os
+import random
 import re
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import types
 import uuid
@@ -308,46 +311,97 @@ def test_a_study_is_resumed_only_on_the_data_it_searched(tiny, tmp_path, fake_tr
         "the embedded synthetic data (--synthetic_seed 3) (1284/229/686 train/valid/test samples)"
 
 
-def test_workers_that_start_a_new_study_together_on_different_data_never_both_run(tmp_path, monkeypatch):
+def lockstep(schedule: str, values: dict[str, str], monkeypatch) -> tuple[dict[str, str], dict]:
+    """Workers (name -> value) run ``tune.record_once`` on one new study, their storage reads and writes
+    taken one at a time in the order of ``schedule`` (a worker that has finished is skipped; the
+    rest run to the end). Returns each worker's outcome ("runs"/"stops") and the study's attributes."""
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(storage=storage, study_name="s")
+    read, write = optuna.Study.user_attrs.fget, optuna.Study.set_user_attr
+    who, cond = threading.local(), threading.Condition()
+    waiting, done, turn, outcome = set(), set(), [None], {}
+
+    def gated(op):
+        def run(*args):
+            with cond:
+                waiting.add(who.name)
+                cond.notify_all()
+                cond.wait_for(lambda: turn[0] == who.name)
+                turn[0] = None
+                waiting.discard(who.name)
+                cond.notify_all()
+            return op(*args)
+        return run
+
+    def worker(name: str) -> None:
+        who.name = name
+        try:
+            tune.record_once(optuna.load_study(storage=storage, study_name="s"), "data", values[name],
+                             lambda other, claimed: f"{other} {claimed}")
+            outcome[name] = "runs"
+        except tune.TuneError:
+            outcome[name] = "stops"
+        finally:
+            with cond:
+                done.add(name)
+                cond.notify_all()
+
+    monkeypatch.setattr(optuna.Study, "user_attrs", property(gated(read)))
+    monkeypatch.setattr(optuna.Study, "set_user_attr", gated(write))
+    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in values]
+    for t in threads:
+        t.start()
+    for name in schedule + "".join(values) * 8:
+        with cond:
+            assert cond.wait_for(lambda name=name: name in waiting or name in done, timeout=10)
+            if name in done:
+                continue
+            turn[0] = name
+            cond.notify_all()
+            assert cond.wait_for(lambda: turn[0] is None, timeout=10)
+    for t in threads:
+        t.join(10)
+    monkeypatch.undo()
+    return outcome, optuna.load_study(storage=storage, study_name="s").user_attrs
+
+
+def test_workers_that_start_a_new_study_together_never_both_run_on_different_values(monkeypatch):
     # two workers read "no data recorded yet" before either wrote, and the last write won: both searched
-    # one study, each on its own file
+    # one study, each on its own file. Every interleaving of two workers' five storage steps, and a
+    # sample of those of three (two of them on the same data: one's withdrawal must not clear the other's claim)
+    schedules = {"AB": ["".join(s) for s in set(itertools.permutations("AAAAABBBBB"))],
+                 "ABC": ["BCCCAABAABBC"]  # C's record came last: B on b and C on a both ran
+                 + ["".join(random.Random(k).sample("AAAAABBBBBCCCCC", 15)) for k in range(200)]}
+    for names, values in (("AB", {"A": "a", "B": "b"}), ("ABC", {"A": "a", "B": "b", "C": "a"})):
+        for schedule in schedules[names]:
+            outcome, attrs = lockstep(schedule, values, monkeypatch)
+            ran = {values[n] for n, o in outcome.items() if o == "runs"}
+            assert len(outcome) == len(values) and len(ran) <= 1, (schedule, outcome)
+            assert attrs.get("data") == (ran.pop() if ran else None), (schedule, attrs)
+    assert lockstep("AAAAABBBBB", {"A": "a", "B": "b"}, monkeypatch)[0] == {"A": "runs", "B": "stops"}
+
+
+def test_another_workers_claim_stops_a_start_on_other_data_until_it_lapses(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     ns = argparse.Namespace(study_name="s", directions=["maximize"], objective=["f1_robust"], sampler_seed=None)
     a, b = ({"dataset": name, "file": f"{name}.pkl", "synthetic_seed": None, "sizes": {"train": n}}
             for name, n in (("a", 9), ("b", 8)))
     start = functools.partial(tune.create_or_load_study, ns, optuna.storages.RDBStorage(url),
                               optuna.pruners.NopPruner())
-    set_attr, outcome = optuna.Study.set_user_attr, {}
-
-    def meanwhile(step):  # the other worker runs `step` just after this one wrote its claim
-        def hook(study, key, value):
-            set_attr(study, key, value)
-            if key.startswith("data:") and value == a and "b" not in outcome:
-                outcome["b"] = "started"
-                step()
-        return hook
-
-    def b_starts():  # b starts after a's claim: b's own check sees it
-        with pytest.raises(tune.TuneError, match=r"was run on a\.pkl \(9 train samples\), not on b\.pkl"):
-            start(b)
-
-    monkeypatch.setattr(optuna.Study, "set_user_attr", meanwhile(b_starts))
     start(a)
-    assert load(url, "s").user_attrs["data"] == a
-    # b's claim lands between a's claim and a's check: a withdraws, and b goes on alone
-    url = f"sqlite:///{tmp_path / 'other.db'}"
-    start = functools.partial(tune.create_or_load_study, ns, optuna.storages.RDBStorage(url),
-                              optuna.pruners.NopPruner())
-    outcome.clear()
-    monkeypatch.setattr(optuna.Study, "set_user_attr", meanwhile(
-        lambda: set_attr(load(url, "s"), "data:" + "b" * 16, b)))
-    raced = r"was run on b\.pkl \(8 train samples\), not on a\.pkl.*\(another worker started the study on it"
-    with pytest.raises(tune.TuneError, match=raced):
-        start(a)
-    monkeypatch.setattr(optuna.Study, "set_user_attr", set_attr)
+    study = load(url, "s")
+    study.set_user_attr("data", None)  # as if a had died between its claim and its record
+    study.set_user_attr("data:dead", {"value": a, "at": time.time()})
+    with pytest.raises(tune.TuneError) as err:
+        start(b)
+    assert str(err.value) == (
+        "study 's' is being started by another worker on a.pkl (9 train samples), not on b.pkl (8 train samples); "
+        "give another --study_name or the same --data_path/--dataset (if that worker died, its claim lapses 120 s "
+        "after it was made)")
+    monkeypatch.setattr(tune.time, "time", lambda: study.user_attrs["data:dead"]["at"] + tune.CLAIM_SECONDS + 1)
     start(b)
     assert load(url, "s").user_attrs["data"] == b
-    with pytest.raises(tune.TuneError, match=r"was run on b\.pkl"):
+    with pytest.raises(tune.TuneError, match=r"^study 's' was run on b\.pkl \(8 train samples\), not on a\.pkl"):
         start(a)
 
 
