@@ -105,12 +105,14 @@ def distillation_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], se
     modality). Returns the mean over the selected samples (0, with zero gradient, if none is), with no
     host synchronization: the unselected samples are weighted out, not indexed out.
     """
-    t_logits, s_logits = teacher["logits"].detach().float(), student["logits"].float()
+    def picked(x: Tensor) -> Tensor:  # unselected rows as zeros: a non-finite one can reach no gradient
+        return torch.where(select.view(-1, *[1] * (x.dim() - 1)), x.float(), 0.0)
+
+    t_logits, s_logits = picked(teacher["logits"].detach()), picked(student["logits"])
     kl = F.kl_div(F.log_softmax(s_logits, dim=-1), F.log_softmax(t_logits, dim=-1), log_target=True,
                   reduction="none").sum(dim=-1)
-    l1 = (student["score"].float() - teacher["score"].detach().float()).abs()
-    per_sample = torch.where(select, kl + l1, 0.0)
-    return per_sample.sum() / select.sum().clamp_min(1)
+    l1 = (picked(student["score"]) - picked(teacher["score"].detach())).abs()
+    return torch.where(select, kl + l1, 0.0).sum() / select.sum().clamp_min(1)
 
 
 # ---- VAE -------------------------------------------------------------------------------------

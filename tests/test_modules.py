@@ -596,6 +596,14 @@ def test_distillation_by_hand_and_only_the_student_learns() -> None:
     none = distillation_loss(student, teacher, torch.zeros(3, dtype=torch.bool))
     none.backward()
     assert none.item() == 0.0 and student["logits"].grad.abs().sum() == 0 and student["score"].grad.abs().sum() == 0
+    # a non-finite output in a row that does not count reaches neither the loss nor any gradient
+    student["logits"].grad = student["score"].grad = None
+    broken = {"score": teacher["score"].detach().clone(), "logits": teacher["logits"].detach().clone()}
+    broken["score"][2], broken["logits"][2, 0] = float("nan"), float("inf")
+    loss = distillation_loss(student, broken, select)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(student["logits"].grad).all() and torch.isfinite(student["score"].grad).all()
 
 
 def test_readme_aecf_example_runs():

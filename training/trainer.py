@@ -311,7 +311,9 @@ class Trainer:
         if source.resident:  # the batches are gathered where the data is
             order = order.to(dev, non_blocking=True)
         drops = self._epoch_presence([s.stop - s.start for s in slices])
-        lost = ~drops.numpy().all(axis=1)  # the rows dropout takes a modality from, known on the host
+        # the rows dropout takes a modality from, known on the host (the gathered rows have every modality,
+        # so these are the rows _distillation selects; with rows already missing one it would be a superset)
+        lost = ~drops.numpy().all(axis=1)
         drops = drops.to(dev, non_blocking=True)
         # summed over the epoch on the device, read once at its end: the total loss and every term;
         # the diagnostics (step_diagnostics)
