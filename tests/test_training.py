@@ -997,10 +997,12 @@ def test_resume_and_eval_only_on_cuda(tiny, tmp_path, amp):
 
 
 @CUDA
-@pytest.mark.parametrize(("amp", "distill"), [(False, 0.0), (True, 0.0), (True, 0.5)])
-def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp, distill):
-    # the loss sums, the diagnostics and the non-finite record are read once per epoch, and the model's
-    # presence check is left to the epoch's up-front check: a longer epoch adds no synchronization
+@pytest.mark.parametrize(("amp", "distill", "progress"),
+                         [(False, 0.0, False), (True, 0.0, False), (True, 0.5, False), (True, 0.0, True)])
+def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp, distill, progress):
+    # the loss sums, the diagnostics and the non-finite record are read once per epoch, the model's
+    # presence check is left to the epoch's up-front check, and the progress bar's loss (every 25
+    # steps) arrives without a wait: a longer epoch adds no synchronization
     import warnings
 
     import torch
@@ -1013,7 +1015,7 @@ def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp, distill):
         data = make_synthetic(seed=0, n_train=n_train, n_valid=16, n_test=16, seq_len=6, dims=(12, 5, 8))
         trainer = Trainer(Config(device="cuda", amp=amp, hidden_dim=16, num_heads=2, batch_size=16, epochs=2,
                                  distill_weight=distill),
-                          data, 7, tmp_path / str(n_train), progress=False)
+                          data, 7, tmp_path / str(n_train), progress=progress)
         trainer.train_epoch()  # the split goes to the card once
         torch.cuda.set_sync_debug_mode("warn")
         try:
@@ -1024,7 +1026,7 @@ def test_a_training_step_on_cuda_makes_no_host_sync(tmp_path, amp, distill):
             torch.cuda.set_sync_debug_mode("default")
         return sum("synchroniz" in str(w.message) for w in caught)
 
-    assert syncs(32) == syncs(128)  # 2 and 8 steps
+    assert syncs(32 * 16) == syncs(128 * 16)  # 32 and 128 steps: 1 and 5 bar updates
 
 
 @CUDA

@@ -13,6 +13,7 @@ import math
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from training.config import Config
 from training.errors import ConfigError, UserError
 from training.evaluate import Evaluator
 from training.tta import build_tta
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +152,22 @@ def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.AdamW:
     2,500 more ops per step for the default model). It differs from the per-parameter loop by
     rounding only."""
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+
+
+def show_loss(bar: tqdm, loss: torch.Tensor, sent: tuple | None) -> tuple | None:
+    """Put the running ``loss`` on the progress ``bar``. On CUDA this makes no host sync: the loss is
+    copied to pinned host memory without waiting, and the bar shows the copy sent at the previous
+    call once it has arrived (``sent``: its event and host tensor; returns the new pair)."""
+    if loss.device.type != "cuda":
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        return None
+    if sent is not None and sent[0].query():
+        bar.set_postfix(loss=f"{sent[1].item():.3f}")
+    host = torch.empty((), dtype=loss.dtype, pin_memory=True)
+    host.copy_(loss.detach(), non_blocking=True)
+    arrived = torch.cuda.Event()
+    arrived.record()
+    return arrived, host
 
 
 class Trainer:
@@ -328,6 +348,7 @@ class Trainer:
             first_bad: torch.Tensor | None = None
         bar = tqdm(slices, desc=f"{self.label} epoch {self.epoch + 1}", leave=False,
                    disable=not self.progress, dynamic_ncols=True)
+        shown = None  # on CUDA, the loss last sent to the bar's host copy (show_loss)
         with presence_checked():  # the epoch's masks were checked up front: no host sync per step
             for sl in bar:
                 full = source.gather(order[sl])
@@ -370,7 +391,7 @@ class Trainer:
                 diag_names, diag = step_diagnostics(out.get("diagnostics", {}), batch["presence"])
                 diag_sums = diag if diag_sums is None else diag_sums + diag
                 if self.progress and self.global_step % 25 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
+                    shown = show_loss(bar, loss, shown)
         n_batches = max(1, len(slices))
         if lazy and first_bad is not None:
             bad = [(s, name, v) for name, s, v in zip(terms, first_bad.tolist(), first_value.tolist()) if s >= 0]
