@@ -27,6 +27,14 @@ def _as_tensor(x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(x)
 
 
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``. A host tensor goes to CUDA through pinned memory without waiting: a copy
+    from pageable memory, even ``non_blocking``, may wait for the work queued before it."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def apply_presence(batch: dict, presence: torch.Tensor) -> dict:
     """A new batch with ``presence`` (B, 3) bool under "presence" and missing modalities zeroed.
 
@@ -202,7 +210,7 @@ class SplitTensors:
         batch = {k: v.index_select(0, index) for k, v in self.tensors.items()}
         batch["index"] = index
         if self.pin:
-            batch = {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: to_device(v, self.device) for k, v in batch.items()}
         for m in MODALITIES:
             if batch[m].dtype != torch.float32:
                 batch[m] = batch[m].float()

@@ -26,6 +26,7 @@ from datasets import (
 )
 from datasets.batching import epoch_order
 from datasets.csd import deploy_sequence, read_sequence
+from tests.helpers import CUDA
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT_N = {"train": 6, "valid": 3, "test": 4}
@@ -627,6 +628,35 @@ def test_a_split_the_card_cannot_take_stays_on_the_host(monkeypatch):
     source = SplitTensors(split, "cuda", resident=True)
     assert not source.resident and source.pin
     assert all(t.device.type == "cpu" for t in source.tensors.values())
+
+
+def test_to_device_leaves_a_host_tensor_where_it_is_on_the_cpu():
+    from datasets.batching import to_device
+
+    x = torch.arange(6)
+    assert to_device(x, torch.device("cpu")) is x
+
+
+@CUDA
+def test_to_device_reaches_the_card_without_a_wait_and_from_a_copy_of_its_own():
+    # a non_blocking copy from pageable memory may wait for the queued work; through pinned memory it
+    # does not, and the host tensor may change (or be freed) at once without changing what arrives
+    import warnings
+
+    from datasets.batching import to_device
+
+    x = torch.arange(100_000)
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            busy = torch.randn(2048, 2048, device="cuda") @ torch.randn(2048, 2048, device="cuda")
+            y = to_device(x, torch.device("cuda"))
+            x.zero_()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not [w for w in caught if "synchroniz" in str(w.message)] and busy.shape == (2048, 2048)
+    assert y.device.type == "cuda" and torch.equal(y.cpu(), torch.arange(100_000))
 
 
 def test_length_bucketed_leaves_out_a_random_row_for_a_batch_of_one_not_the_longest():

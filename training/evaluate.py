@@ -23,6 +23,7 @@ from datasets import (
     subset_masks,
     trim_to_longest,
 )
+from datasets.batching import to_device
 from datasets.classes import class_centres, positive_probability
 from modules.presence import check_presence, presence_checked
 from training.metrics import mean_std, sentiment_metrics, sentiment_metrics_many
@@ -164,11 +165,11 @@ class Evaluator:
         n, rows = len(presence), self._rows(self.tta)
         pres = torch.from_numpy(np.asarray(presence, dtype=bool))
         check_presence(pres)  # once, on the host: the chunks' passes then wait on no check
-        pres = pres.to(self.device)
+        pres = to_device(pres, self.device)
         parts = []
         with presence_checked():
             for i in range(0, n, rows):
-                chunk = {k: v[i:i + rows].to(self.device, non_blocking=True) for k, v in states.items()}
+                chunk = {k: to_device(v[i:i + rows], self.device) for k, v in states.items()}
                 parts.append(self._fuse_chunk(chunk, pres[i:i + rows], self.autocast, self.tta, source, i))
         return _collect(parts)
 
@@ -192,16 +193,18 @@ class Evaluator:
         masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences]))  # (K, N, 3)
         for mask in masks:
             check_presence(mask)  # once, on the host, naming the split's rows: the passes then wait on no check
-        masks = masks.to(self.device)
+        masks = to_device(masks, self.device)
         codes = np.stack([presence_patterns(p) for p in presences])  # (K, N) pattern of each row under each mask
         lengths = np.asarray(split.lengths)
         order = np.arange(split.n) if tta is not None else np.argsort(-lengths.max(1), kind="stable")
         rows = self._rows(tta)
+        order_on = to_device(torch.from_numpy(order), self.device)  # the rows of each chunk, where they are used
         parts: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in presences]
         with presence_checked():
             for i in range(0, split.n, rows):
                 idx = order[i:i + rows]
-                batch = trim_to_longest(source.gather(torch.from_numpy(idx)), lengths[idx])
+                at = order_on[i:i + rows]
+                batch = trim_to_longest(source.gather(at if source.resident else torch.from_numpy(idx)), lengths[idx])
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     states = self.model.encode(batch)
                 chunk_codes = codes[:, idx]
@@ -210,7 +213,6 @@ class Evaluator:
                     for j, out in enumerate(self._fuse_by_pattern(states, chunk_codes, patterns, autocast)):
                         parts[j].append(out)
                     continue
-                at = torch.from_numpy(idx).to(self.device, non_blocking=True)  # a blocking copy waits on the stream
                 for j in range(len(presences)):
                     parts[j].append(self._fuse_chunk(states, masks[j, at], autocast, tta, source, i))
         back = np.argsort(order)  # the inverse permutation, made once for every mask
@@ -230,6 +232,8 @@ class Evaluator:
             for i in range(0, n, GROUP_ROWS):
                 rows = min(GROUP_ROWS, n - i)
                 presence = torch.from_numpy(np.repeat(PATTERN_PRESENCE[patterns], rows, axis=0))
+                if self.device.type == "cuda":  # a host tensor still (the model reads it for free), copied without wait
+                    presence = presence.pin_memory()
                 out = self._fuse_chunk({k: v[i:i + rows] for k, v in states.items()}, presence, autocast)
                 parts.append([None if t is None else t.view(len(patterns), rows, *t.shape[1:]) for t in out])
             tables = [None if parts[0][t] is None else torch.cat([p[t] for p in parts], dim=1) for t in range(3)]
@@ -237,8 +241,7 @@ class Evaluator:
             passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
                       for c in patterns]
             tables = [None if passes[0][t] is None else torch.stack([p[t] for p in passes]) for t in range(3)]
-        where = np.searchsorted(patterns, codes)  # (K, n): the pass of each row
-        where = torch.from_numpy(where).to(self.device, non_blocking=True)
+        where = to_device(torch.from_numpy(np.searchsorted(patterns, codes)), self.device)  # (K, n): pass of each row
         rows = torch.arange(n, device=self.device)
         return [tuple(None if tab is None else tab[where[j], rows] for tab in tables) for j in range(len(codes))]
 

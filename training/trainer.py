@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from datasets import MODALITIES, MultimodalData, SplitTensors, apply_presence, rate_key, sample_presence
-from datasets.batching import BUCKET_LEVELS, batch_slices, epoch_order, length_bucketed, trim_to_longest
+from datasets.batching import (
+    BUCKET_LEVELS,
+    batch_slices,
+    epoch_order,
+    length_bucketed,
+    to_device,
+    trim_to_longest,
+)
 from modules.losses import distillation_loss, kl_warmup, task_loss
 from modules.presence import check_presence, presence_checked
 from modules.registry import available_models, create_model
@@ -329,12 +336,12 @@ class Trainer:
             order = torch.from_numpy(length_bucketed(order.numpy(), lengths, cfg.batch_size, self.loader_gen))
         order_host = order.numpy()
         if source.resident:  # the batches are gathered where the data is
-            order = order.to(dev, non_blocking=True)
+            order = to_device(order, dev)
         drops = self._epoch_presence([s.stop - s.start for s in slices])
         # the rows dropout takes a modality from, known on the host (the gathered rows have every modality,
         # so these are the rows _distillation selects; with rows already missing one it would be a superset)
         lost = ~drops.numpy().all(axis=1)
-        drops = drops.to(dev, non_blocking=True)
+        drops = to_device(drops, dev)
         # summed over the epoch on the device, read once at its end: the total loss and every term;
         # the diagnostics (step_diagnostics)
         sums: torch.Tensor | None = None
