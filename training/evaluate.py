@@ -92,6 +92,14 @@ def presence_patterns(presence: np.ndarray) -> np.ndarray:
     return p[:, 0] + 2 * p[:, 1] + 4 * p[:, 2] - 1
 
 
+def check_masks(masks: np.ndarray) -> None:
+    """Raise ``check_presence``'s ValueError, naming the split's rows, if a row of a mask of ``masks
+    (K, N, 3)`` bool has no modality (or a mask is not (N, 3)); numpy on the host when all is well."""
+    if masks.ndim != 3 or masks.shape[-1] != 3 or not masks.any(axis=-1).all():
+        for mask in masks:
+            check_presence(torch.from_numpy(np.asarray(mask)))
+
+
 @dataclass
 class Evaluator:
     """Everything one evaluation needs: the model, where and how it runs, and how outputs are read.
@@ -163,9 +171,9 @@ class Evaluator:
         batch of ``batch_size`` rows is first adapted on (``source``: the encoded split)."""
         self.model.eval()
         n, rows = len(presence), self._rows(self.tta)
-        pres = torch.from_numpy(np.asarray(presence, dtype=bool))
-        check_presence(pres)  # once, on the host: the chunks' passes then wait on no check
-        pres = to_device(pres, self.device)
+        presence = np.asarray(presence, dtype=bool)
+        check_masks(presence[None])  # once, on the host: the chunks' passes then wait on no check
+        pres = to_device(torch.from_numpy(presence), self.device)
         parts = []
         with presence_checked():
             for i in range(0, n, rows):
@@ -190,10 +198,9 @@ class Evaluator:
         autocast, tta = (False, None) if raw else (self.autocast, self.tta)
         self.model.eval()
         source = SplitTensors(split, self.device, keep=keep)
-        masks = torch.from_numpy(np.stack([np.asarray(p, dtype=bool) for p in presences]))  # (K, N, 3)
-        for mask in masks:
-            check_presence(mask)  # once, on the host, naming the split's rows: the passes then wait on no check
-        masks = to_device(masks, self.device)
+        masks = np.stack([np.asarray(p, dtype=bool) for p in presences])  # (K, N, 3)
+        check_masks(masks)  # once, on the host: the passes then wait on no check
+        masks = to_device(torch.from_numpy(masks), self.device)
         codes = np.stack([presence_patterns(p) for p in presences])  # (K, N) pattern of each row under each mask
         lengths = np.asarray(split.lengths)
         order = np.arange(split.n) if tta is not None else np.argsort(-lengths.max(1), kind="stable")
