@@ -173,7 +173,7 @@ def show_loss(bar: tqdm, loss: torch.Tensor, sent: tuple | None) -> tuple | None
     host = torch.empty((), dtype=loss.dtype, pin_memory=True)
     host.copy_(loss.detach(), non_blocking=True)
     arrived = torch.cuda.Event()
-    arrived.record()
+    arrived.record(torch.cuda.current_stream(loss.device))  # the copy's stream, on cuda:N too
     return arrived, host
 
 
