@@ -10,7 +10,7 @@ import torch
 
 from datasets.types import MODALITIES
 
-__all__ = ["MODALITIES", "check_presence", "presence_checked"]
+__all__ = ["MODALITIES", "check_presence", "no_modality_error", "presence_checked"]
 
 _checked = contextvars.ContextVar("presence_checked", default=False)  # inside presence_checked(), per thread
 
@@ -38,6 +38,10 @@ def check_presence(presence: torch.Tensor) -> None:
         return
     empty = ~presence.bool().any(dim=1)
     if bool(empty.any()):  # one host sync; the rows are looked up only on error
-        rows = empty.nonzero().flatten()[:10].tolist()
-        raise ValueError(f"sample(s) {', '.join(map(str, rows))} have no modality present; "
-                         "every sample needs at least one of text, audio, vision")
+        raise no_modality_error(empty.nonzero().flatten()[:10].tolist())
+
+
+def no_modality_error(rows: list[int]) -> ValueError:
+    """The error for samples ``rows`` that have no modality present (the first 10 are named)."""
+    return ValueError(f"sample(s) {', '.join(map(str, rows[:10]))} have no modality present; "
+                      "every sample needs at least one of text, audio, vision")

@@ -78,6 +78,10 @@ def test_fuse_many_still_refuses_a_row_without_modalities():
         ev.fuse_many(test, presences)
     with pytest.raises(ValueError, match=rf"^sample\(s\) {row} have no modality present"):
         ev.fuse(ev.encode(test), bad)
+    from modules.presence import presence_checked
+
+    with presence_checked(), pytest.raises(ValueError, match=rf"^sample\(s\) {row} have"):  # the models check
+        ev.fuse_many(test, presences)  # shapes only in there: a pattern -1 would have fused as all present
 
 
 def test_an_evaluation_pass_reads_nothing_back_per_chunk(monkeypatch):

@@ -25,7 +25,7 @@ from datasets import (
 )
 from datasets.batching import to_device
 from datasets.classes import class_centres, positive_probability
-from modules.presence import check_presence, presence_checked
+from modules.presence import no_modality_error, presence_checked
 from training.metrics import mean_std, sentiment_metrics, sentiment_metrics_many
 from training.objectives import LOWER_IS_BETTER, OBJECTIVES
 
@@ -93,11 +93,14 @@ def presence_patterns(presence: np.ndarray) -> np.ndarray:
 
 
 def check_masks(masks: np.ndarray) -> None:
-    """Raise ``check_presence``'s ValueError, naming the split's rows, if a row of a mask of ``masks
-    (K, N, 3)`` bool has no modality (or a mask is not (N, 3)); numpy on the host when all is well."""
-    if masks.ndim != 3 or masks.shape[-1] != 3 or not masks.any(axis=-1).all():
-        for mask in masks:
-            check_presence(torch.from_numpy(np.asarray(mask)))
+    """Raise ValueError if ``masks (K, N, 3)`` bool is not of that shape or a row of a mask has no
+    modality (named by its row in the split). numpy on the host: no device read, and it holds
+    inside ``presence_checked`` too, where the models' own checks look at shapes only."""
+    if masks.ndim != 3 or masks.shape[-1] != 3:
+        raise ValueError(f"presence must have shape (N, 3), got {masks.shape[1:]}")
+    empty = ~masks.any(axis=-1)  # (K, N)
+    if empty.any():
+        raise no_modality_error(np.flatnonzero(empty.any(axis=0)).tolist())
 
 
 @dataclass
@@ -225,6 +228,12 @@ class Evaluator:
         back = np.argsort(order)  # the inverse permutation, made once for every mask
         return [_collect(p, back) for p in parts]
 
+    def _host_presence(self, presence: np.ndarray) -> torch.Tensor:
+        """A pattern pass's presence as a host tensor (the model reads on the host which modalities no
+        row has), pinned on CUDA so that its copy to the card waits for nothing."""
+        presence = torch.from_numpy(presence)
+        return presence.pin_memory() if self.device.type == "cuda" else presence
+
     def _fuse_by_pattern(self, states: dict[str, torch.Tensor], codes: np.ndarray, patterns: np.ndarray,
                          autocast: bool) -> list[tuple[torch.Tensor, ...]]:
         """The chunk fused under each of K masks given as pattern ``codes (K, n)``, with one pass per
@@ -238,14 +247,12 @@ class Evaluator:
             parts = []
             for i in range(0, n, GROUP_ROWS):
                 rows = min(GROUP_ROWS, n - i)
-                presence = torch.from_numpy(np.repeat(PATTERN_PRESENCE[patterns], rows, axis=0))
-                if self.device.type == "cuda":  # a host tensor still (the model reads it for free), copied without wait
-                    presence = presence.pin_memory()
+                presence = self._host_presence(np.repeat(PATTERN_PRESENCE[patterns], rows, axis=0))
                 out = self._fuse_chunk({k: v[i:i + rows] for k, v in states.items()}, presence, autocast)
                 parts.append([None if t is None else t.view(len(patterns), rows, *t.shape[1:]) for t in out])
             tables = [None if parts[0][t] is None else torch.cat([p[t] for p in parts], dim=1) for t in range(3)]
         else:
-            passes = [self._fuse_chunk(states, torch.from_numpy(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
+            passes = [self._fuse_chunk(states, self._host_presence(np.tile(PATTERN_PRESENCE[c], (n, 1))), autocast)
                       for c in patterns]
             tables = [None if passes[0][t] is None else torch.stack([p[t] for p in passes]) for t in range(3)]
         where = to_device(torch.from_numpy(np.searchsorted(patterns, codes)), self.device)  # (K, n): pass of each row
