@@ -430,8 +430,10 @@ def record_once(study: optuna.Study, key: str, value: Any, mismatch: Callable[[A
     win: each worker first writes a claim of its own (``key:<random>``, with the time), reads every
     claim back, and records ``value`` only if no other value is claimed or recorded; otherwise it
     withdraws its claim and stops. Of two workers with different values the later reader sees the
-    other's claim, so at most one value is ever recorded. A study made before ``key`` was recorded
-    takes this run's value."""
+    other's claim, so at most one value is ever recorded. A claim lapses after CLAIM_SECONDS (a worker
+    that died while starting), so a worker gives up its own once half of that has passed, and the
+    workers' clocks must agree within the other half. A study made before ``key`` was recorded takes
+    this run's value."""
     def current() -> tuple[Any, Any]:  # (the record, another value claimed in the last CLAIM_SECONDS)
         attrs, now = study.user_attrs, time.time()  # read from the storage each time
         claims = [c["value"] for k, c in attrs.items() if k.startswith(f"{key}:") and isinstance(c, dict)
@@ -448,10 +450,13 @@ def record_once(study: optuna.Study, key: str, value: Any, mismatch: Callable[[A
     check(stored, claimed)
     if stored is not None:
         return
-    mine = f"{key}:{uuid.uuid4().hex}"
-    study.set_user_attr(mine, {"value": value, "at": time.time()})
+    mine, since = f"{key}:{uuid.uuid4().hex}", time.time()
+    study.set_user_attr(mine, {"value": value, "at": since})
     try:
         check(*current())
+        if time.time() - since > CLAIM_SECONDS / 2:  # others may soon take the claim for a dead worker's
+            raise TuneError(f"starting study {study.study_name!r} took over {CLAIM_SECONDS / 2:.0f} s (a slow "
+                            "storage?); rerun the same command")
     except TuneError:
         study.set_user_attr(mine, None)  # withdrawn: the study is left to the other worker's value
         raise

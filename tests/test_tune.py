@@ -323,14 +323,16 @@ def lockstep(schedule: str, values: dict[str, str], monkeypatch) -> tuple[dict[s
 
     def gated(op):
         def run(*args):
-            with cond:
+            with cond:  # held while the step runs: the next turn is given only once it is over
                 waiting.add(who.name)
                 cond.notify_all()
                 cond.wait_for(lambda: turn[0] == who.name)
-                turn[0] = None
                 waiting.discard(who.name)
-                cond.notify_all()
-            return op(*args)
+                try:
+                    return op(*args)
+                finally:
+                    turn[0] = None
+                    cond.notify_all()
         return run
 
     def worker(name: str) -> None:
@@ -346,22 +348,22 @@ def lockstep(schedule: str, values: dict[str, str], monkeypatch) -> tuple[dict[s
                 done.add(name)
                 cond.notify_all()
 
-    monkeypatch.setattr(optuna.Study, "user_attrs", property(gated(read)))
-    monkeypatch.setattr(optuna.Study, "set_user_attr", gated(write))
-    threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in values]
-    for t in threads:
-        t.start()
-    for name in schedule + "".join(values) * 8:
-        with cond:
-            assert cond.wait_for(lambda name=name: name in waiting or name in done, timeout=10)
-            if name in done:
-                continue
-            turn[0] = name
-            cond.notify_all()
-            assert cond.wait_for(lambda: turn[0] is None, timeout=10)
-    for t in threads:
-        t.join(10)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(optuna.Study, "user_attrs", property(gated(read)))
+        patch.setattr(optuna.Study, "set_user_attr", gated(write))
+        threads = [threading.Thread(target=worker, args=(n,), daemon=True) for n in values]
+        for t in threads:
+            t.start()
+        for name in schedule + "".join(values) * 8:
+            with cond:
+                assert cond.wait_for(lambda name=name: name in waiting or name in done, timeout=10)
+                if name in done:
+                    continue
+                turn[0] = name
+                cond.notify_all()
+                assert cond.wait_for(lambda: turn[0] is None, timeout=10)
+        for t in threads:
+            t.join(10)
     return outcome, optuna.load_study(storage=storage, study_name="s").user_attrs
 
 
@@ -398,11 +400,18 @@ def test_another_workers_claim_stops_a_start_on_other_data_until_it_lapses(tmp_p
         "study 's' is being started by another worker on a.pkl (9 train samples), not on b.pkl (8 train samples); "
         "give another --study_name or the same --data_path/--dataset (if that worker died, its claim lapses 120 s "
         "after it was made)")
-    monkeypatch.setattr(tune.time, "time", lambda: study.user_attrs["data:dead"]["at"] + tune.CLAIM_SECONDS + 1)
+    study.set_user_attr("data:dead", {"value": a, "at": time.time() - tune.CLAIM_SECONDS - 1})  # lapsed
     start(b)
     assert load(url, "s").user_attrs["data"] == b
     with pytest.raises(tune.TuneError, match=r"^study 's' was run on b\.pkl \(8 train samples\), not on a\.pkl"):
         start(a)
+    # a start slower than half the lapse gives its claim up: others may already count it as a dead worker's
+    monkeypatch.setattr(tune, "CLAIM_SECONDS", 0.0)
+    url = f"sqlite:///{tmp_path / 'slow.db'}"
+    with pytest.raises(tune.TuneError, match=r"^starting study 's' took over 0 s \(a slow storage\?\); rerun"):
+        tune.create_or_load_study(ns, optuna.storages.RDBStorage(url), optuna.pruners.NopPruner(), a)
+    attrs = load(url, "s").user_attrs
+    assert "objectives" not in attrs and all(v is None for k, v in attrs.items() if ":" in k)
 
 
 def test_an_output_dir_that_cannot_be_made_is_one_line(tiny, tmp_path, monkeypatch, capsys):
