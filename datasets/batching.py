@@ -28,8 +28,9 @@ def _as_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``x`` on ``device``. A host tensor goes to CUDA through pinned memory without waiting: a copy
-    from pageable memory, even ``non_blocking``, may wait for the work queued before it."""
+    """``x`` on ``device``. A host tensor goes to CUDA through a pinned copy without waiting: a copy
+    from pageable memory, even ``non_blocking``, may wait for the work queued before it. ``x`` may
+    change at once unless it is pinned already (then it is its own pinned copy)."""
     if device.type == "cuda" and x.device.type == "cpu":
         return x.pin_memory().to(device, non_blocking=True)
     return x.to(device)

@@ -105,7 +105,7 @@ def distillation_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], se
     modality). Returns the mean over the selected samples (0, with zero gradient, if none is), with no
     host synchronization: the unselected samples are weighted out, not indexed out.
     """
-    def picked(x: Tensor) -> Tensor:  # unselected rows as zeros: a non-finite one can reach no gradient
+    def picked(x: Tensor) -> Tensor:  # unselected rows as zeros: a non-finite one reaches no term of the loss
         return torch.where(select.view(-1, *[1] * (x.dim() - 1)), x.float(), 0.0)
 
     t_logits, s_logits = picked(teacher["logits"].detach()), picked(student["logits"])
