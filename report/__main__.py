@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             result = compare(args.runs, args.output, args.names, args.overwrite)
         except (UserError, OSError) as err:
+            for w in caught:  # what was found before the error may explain it
+                print(f"warning: {w.message}", file=sys.stderr)
             print(f"error: {err}", file=sys.stderr)
             return 1
     for w in caught:

@@ -5,7 +5,8 @@ mean ± std over each run's seeds, plus AUILC; then Brier, NLL and ECE of P(posi
 better; ECE with its calibrated-twin 90% band) when every run reports them. A run that carries a
 deep ensemble of its seeds gets a second row, ``NAME (ensemble)``, scored as one prediction (no
 std; never mixed into the seeds' mean). The best row per column is marked (bold in Markdown,
-``best = True`` in the CSV); ties are all marked.
+``best = True`` in the CSV), among the seed means and, apart, among the ensemble rows; ties are all
+marked.
 
 AUILC (area under the indicator-vs-missing-rate curve) is the trapezoid integral of a run's mean
 Acc-2 (non-0) over the compared rates divided by the rate span (max - min), so it reads as a mean
@@ -14,9 +15,11 @@ F1 (non-0). Because it is linear in the per-rate means, it equals the mean of th
 its seed std cannot be recovered from metrics.json (per-rate stds only) and is not reported.
 
 Runs whose rates (or subsets) differ are compared on the common ones only, with a warning naming
-what was left out; no common rate at all is an error. Runs that used different data (another data
-file or generated set, another test sample count, other test ids) are compared with a warning
-naming the difference.
+what was left out; no common rate at all is an error. Runs that used different data (another test
+sample count, other test ids or labels by their digests; without both digests, another data file
+or generated set) are compared with a warning naming the difference, as are runs renamed to keep
+names apart and runs with identical results. The warnings head comparison.md and are listed in
+comparison.json.
 """
 
 from __future__ import annotations
@@ -108,9 +111,11 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
             except ValueError:
                 raise ReportError(f"{file} is malformed: missing-rate keys {list(res)} are not numbers") from None
         results[section] = {k: {mt: float(v[mt]) for mt in (*METRICS, *_optional(v))} for k, v in res.items()}
-        std[section] = {k: {mt: float(sd[k][mt]) for mt in (*METRICS, *_optional(sd[k]))} for k in res}
+        std[section] = {k: {mt: _number(sd[k].get(mt)) for mt in results[section][k]} for k in res}
     cfg = m.get("config") if isinstance(m.get("config"), dict) else {}
     seeds = m.get("seeds") or cfg.get("seeds") or []
+    if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+        raise ReportError(f"{file} is malformed: 'seeds' is {seeds!r}, not a list of seed numbers")
     label = name or (path.parent.name if path.is_file() else path.resolve().name)
     return Run(label, path, list(seeds), str(cfg.get("model", "?")), results, std, data_identity(m),
                str(m.get("prediction", "")))
@@ -126,19 +131,28 @@ def data_identity(m: dict) -> dict:
         source = f"{cfg['dataset']} (generated, seed {cfg.get('synthetic_seed', 0)})"
     first = next(iter(m["results"]["missing_rate"].values()), {})
     n = block.get("n", first.get("n") if isinstance(first, dict) else None)
-    return {"data": source, "test n": n, "test ids": block.get("ids_sha256")}
+    text = lambda v: v if isinstance(v, str) else None  # noqa: E731 (a malformed entry counts as unknown)
+    return {"data": text(source), "test n": n if isinstance(n, int) and not isinstance(n, bool) else None,
+            "test ids": text(block.get("ids_sha256")), "test labels": text(block.get("labels_sha256"))}
 
 
 def check_same_data(runs: list[Run]) -> None:
-    """Warn (one line) when the runs' data differ in source, test sample count or test ids."""
+    """Warn (one line) when the runs' data differ in test sample count, test ids or test labels (their
+    digests), or, where a run does not record both digests, in source (data path or generated set)."""
     diffs = []
-    for field in ("data", "test n", "test ids"):
+    digests = all(r.data.get("test ids") and r.data.get("test labels") for r in runs)
+    for field in ("test n", "test ids", "test labels") if digests else ("data", "test n", "test ids", "test labels"):
         known = [(r.name, r.data.get(field)) for r in runs if r.data.get(field) is not None]
         if len({v for _, v in known}) > 1:
             diffs.append(f"{field}: " + ", ".join(f"{name} {v}" for name, v in known))
     if diffs:
         warnings.warn(f"the runs used different data ({'; '.join(diffs)}); their numbers are not measured on the "
                       "same samples", stacklevel=2)
+
+
+def _number(v: object) -> float:
+    """``v`` as a float, NaN when it is not a finite number (an std a run does not give: shown without ±)."""
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else float("nan")
 
 
 def _optional(vals: dict) -> tuple[str, ...]:
@@ -159,6 +173,12 @@ def ensemble_run(run: Run, path: Path) -> Run | None:
                    for s in ("missing_rate", "subsets")}
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ReportError(f"{file} is malformed: ensemble: {err}") from None
+    bad = next((f"{s}.{k}.{mt} is {v!r}" for s, sec in results.items() for k, vals in sec.items()
+                for mt, v in vals.items() if not math.isfinite(v)), None)
+    if bad is None and not results["missing_rate"]:
+        bad = "'missing_rate' is empty"
+    if bad is not None:
+        raise ReportError(f"{file} is malformed: ensemble.{bad}")
     nan = {s: {k: dict.fromkeys(v, float("nan")) for k, v in sec.items()} for s, sec in results.items()}
     return Run(f"{run.name} (ensemble)", run.path, run.seeds, run.model, results, nan, run.data, run.prediction,
                True)
@@ -224,7 +244,8 @@ def comparison_frame(runs: list[Run], rates: list[str], subsets: list[str],
                          "mean": auilc(rates, [r.results["missing_rate"][k][metric] for k in rates]),
                          "std": float("nan"), "ensemble": r.ensemble})
     df = pd.DataFrame(rows)
-    col_best = df.groupby(["section", "key", "metric"])["mean"].transform("min" if prob else "max")
+    # seed means and ensembles ranked apart: an ensemble (one prediction) is not a seed mean's rival
+    col_best = df.groupby(["ensemble", "section", "key", "metric"])["mean"].transform("min" if prob else "max")
     df["best"] = np.isclose(df["mean"], col_best, rtol=0.0, atol=1e-12)
     return df
 
@@ -236,31 +257,38 @@ def _cell(mean: float, std: float, best: bool, n_seeds: int, scale: float = 100.
     return f"**{text}**" if best else text
 
 
+def _md(text: str) -> str:
+    """``text`` for a Markdown table cell: a ``|`` would start a new column."""
+    return " ".join(str(text).split("\n")).replace("|", "\\|")
+
+
 def _seeds(r: Run) -> str:
     return f"{len(r.seeds)} (ensemble)" if r.ensemble else str(len(r.seeds))
 
 
 def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets: list[str],
-                   prob: pd.DataFrame | None = None) -> str:
+                   prob: pd.DataFrame | None = None, warned: list[str] | None = None) -> str:
     """One Markdown table per metric: runs as rows; rates, subsets and AUILC as columns (in %); then
-    one per probability score of ``prob`` (a ``comparison_frame`` of ``PROB_METRICS``)."""
-    lines = []
+    one per probability score of ``prob`` (a ``comparison_frame`` of ``PROB_METRICS``); ``warned``:
+    the comparison's warnings, first, so that a copied table keeps them in view."""
+    lines = [f"**Warning:** {_md(w)}" for w in warned or []] + ([""] if warned else [])
     for metric, label in METRICS.items():
         cols = ([("missing_rate", k, f"p={k}") for k in rates] + [("subsets", k, k) for k in subsets]
                 + [("auilc", f"{rates[0]}-{rates[-1]}", "AUILC")])
-        lines += [f"### {label} (non-0), % — mean ± std over seeds; best per column in bold", "",
+        lines += [f"### {label} (non-0), % — mean ± std over seeds; best per column in bold (seed means and "
+                  "ensembles apart)", "",
                   "| run | model | seeds | " + " | ".join(c[2] for c in cols) + " |",
                   "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
         sel = df[df["metric"] == metric].set_index(["run", "section", "key"])
         for r in runs:
             cells = [_cell(*sel.loc[(r.name, s, k), ["mean", "std", "best"]], len(r.seeds)) for s, k, _ in cols]
-            lines.append(f"| {r.name} | {r.model} | {_seeds(r)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_md(r.name)} | {_md(r.model)} | {_seeds(r)} | " + " | ".join(cells) + " |")
         lines.append("")
     for metric in [m for m in PROB_METRICS if prob is not None and m in set(prob["metric"])]:
         cols = [("missing_rate", k, f"p={k}") for k in rates] + [("subsets", k, k) for k in subsets]
         twin = "; [calibrated-twin 90% band]" if metric == "ece" else ""
         lines += [f"### {PROB_METRICS[metric]} of P(positive) (non-0), lower is better — mean ± std over seeds"
-                  f"{twin}; best per column in bold", "",
+                  f"{twin}; best per column in bold (seed means and ensembles apart)", "",
                   "| run | model | seeds | " + " | ".join(c[2] for c in cols) + " |",
                   "| --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " |"]
         sel = prob[prob["metric"] == metric].set_index(["run", "section", "key"])
@@ -270,12 +298,13 @@ def markdown_table(df: pd.DataFrame, runs: list[Run], rates: list[str], subsets:
                 row = sel.loc[(r.name, s, k)]
                 cell = _cell(row["mean"], row["std"], row["best"], len(r.seeds), 1.0, 3 if metric == "ece" else 4)
                 cells.append(cell + (f" [{row['twin_lo']:.3f}, {row['twin_hi']:.3f}]" if metric == "ece" else ""))
-            lines.append(f"| {r.name} | {r.model} | {_seeds(r)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {_md(r.name)} | {_md(r.model)} | {_seeds(r)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("p: random modality-missing rate (test split); T, A, V, ...: the modalities present. AUILC: "
                  "trapezoid area under the table's metric vs missing-rate curve over the compared rates, divided "
                  "by the rate span, so it reads as a mean over the interval. (ensemble): the deep ensemble of "
-                 "the run's seeds, one prediction.")
+                 "the run's seeds, one prediction, ranked among the ensemble rows only. std: the population "
+                 "standard deviation over seeds (ddof = 0).")
     notes = sorted({r.prediction for r in runs if r.prediction and not r.ensemble})
     for n in notes:
         who = [r.name for r in runs if r.prediction == n and not r.ensemble]
@@ -323,6 +352,26 @@ def unique_names(names: list[str]) -> list[str]:
     return out
 
 
+def rename(runs: list[Run]) -> None:
+    """Give runs that share a name unique ones (``unique_names``), warning about each change."""
+    for r, name in zip(runs, unique_names([r.name for r in runs])):
+        if name != r.name:
+            warnings.warn(f"{r.path} is shown as {name!r}: {r.name!r} is taken; give --names to choose",
+                          stacklevel=3)
+            r.name = name
+
+
+def check_repeats(runs: list[Run]) -> None:
+    """Warn when two runs report the same numbers to the last digit: one run given twice (a copy, or an
+    evaluation of its checkpoints on the same data) would otherwise look like agreement."""
+    seen: dict[str, str] = {}
+    for r in runs:
+        key = json.dumps([r.ensemble, r.results, r.std], sort_keys=True)
+        if key in seen:
+            warnings.warn(f"{seen[key]} and {r.name} report identical results: the same run twice?", stacklevel=3)
+        seen.setdefault(key, r.name)
+
+
 def check_output(output: str | Path) -> Path:
     """``--output`` as a Path; ReportError when it is empty or a file."""
     if not str(output).strip():
@@ -344,9 +393,12 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     if names is not None and len(names) != len(paths):
         raise ReportError(f"--names has {len(names)} name(s) for {len(paths)} run(s)")
     if names is not None:
-        bad = next((n for n in names if not n.strip() or names.count(n) > 1), None)
+        bad = next((n for n in names if not n.strip() or names.count(n) > 1 or n.endswith(" (ensemble)")
+                    or "\n" in n), None)
         if bad is not None:
-            problem = "an empty name" if not bad.strip() else f"{bad!r} twice"
+            problem = ("an empty name" if not bad.strip() else f"{bad!r} twice" if names.count(bad) > 1
+                       else f"{bad!r}, which " + ("holds a line break" if "\n" in bad else
+                                                  "is how a run's ensemble row is named"))
             raise ReportError(f"--names gives {problem}; give each run its own name")
     out = check_output(output)
     folders: dict[Path, str] = {}
@@ -359,20 +411,25 @@ def compare(paths: list[str | Path], output: str | Path, names: list[str] | None
     if held and not overwrite:
         raise ReportError(f"{output} already holds a comparison ({', '.join(held)}); pass --overwrite to "
                           "replace it, or choose another --output")
-    runs = [load_run(p, n) for p, n in zip(paths, names or [None] * len(paths))]
-    for r, name in zip(runs, unique_names([r.name for r in runs])):  # two folders with the same base name
-        r.name = name
-    runs = [x for r in runs for x in (r, ensemble_run(r, r.path)) if x is not None]
-    for r, name in zip(runs, unique_names([r.name for r in runs])):  # an ensemble row named like a run
-        r.name = name
-    rates, subsets = common_keys(runs)
-    check_same_data(runs)
+    with warnings.catch_warnings(record=True) as caught:  # kept in comparison.md/.json too, then passed on
+        warnings.simplefilter("always")
+        runs = [load_run(p, n) for p, n in zip(paths, names or [None] * len(paths))]
+        rename(runs)  # two folders with the same base name
+        runs = [x for r in runs for x in (r, ensemble_run(r, r.path)) if x is not None]
+        rename(runs)  # an ensemble row named like a run
+        rates, subsets = common_keys(runs)
+        check_same_data(runs)
+        check_repeats(runs)
+    warned = [str(w.message) for w in caught]
+    for w in caught:
+        warnings.warn(w.message, stacklevel=2)
     df = comparison_frame(runs, rates, subsets)
     prob_metrics = probability_metrics(runs, rates, subsets)
     prob = comparison_frame(runs, rates, subsets, prob_metrics) if prob_metrics else None
-    table = markdown_table(df, runs, rates, subsets, prob)
+    table = markdown_table(df, runs, rates, subsets, prob, warned)
     au = df[df["section"] == "auilc"]
     summary = {
+        "warnings": warned,
         "auilc_definition": AUILC_NOTE,
         "rates": [float(k) for k in rates],
         "subsets": subsets,

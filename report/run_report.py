@@ -40,11 +40,14 @@ def ids_digest(ids: np.ndarray) -> str:
 
 
 def data_block(data, split: str = "test") -> dict:
-    """What ``metrics.json`` records of the data a run used: source, format, the split's counts and
-    ids digest, and the reader's notes (padding moved, segments dropped, folds used)."""
+    """What ``metrics.json`` records of the data a run used: source, format, the split's counts, the
+    digests of its ids and of its labels (float32), and the reader's notes (padding moved, segments
+    dropped, folds used)."""
     sp = data.splits[split]
+    labels = hashlib.sha256(np.ascontiguousarray(sp.labels, dtype=np.float32).tobytes()).hexdigest()[:16]
     return {"source": data.source, "format": data.format, "split": split, "n": sp.n,
-            "n_non0": int((sp.labels != 0).sum()), "ids_sha256": ids_digest(sp.ids), "notes": list(data.notes)}
+            "n_non0": int((sp.labels != 0).sum()), "ids_sha256": ids_digest(sp.ids), "labels_sha256": labels,
+            "notes": list(data.notes)}
 
 
 def write_report(out_dir: Path, metrics: dict, per_seed: list[dict], labels: np.ndarray,
