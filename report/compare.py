@@ -117,6 +117,10 @@ def load_run(path: Path | str, name: str | None = None) -> Run:
     if not isinstance(seeds, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
         raise ReportError(f"{file} is malformed: 'seeds' is {seeds!r}, not a list of seed numbers")
     label = name or (path.parent.name if path.is_file() else path.resolve().name)
+    unfinished = m.get("unfinished_checkpoints")
+    if isinstance(unfinished, list) and unfinished:
+        warnings.warn(f"{label} was evaluated from {len(unfinished)} checkpoint(s) of seeds that had not finished "
+                      f"training (their best epoch so far): {', '.join(map(str, unfinished))}", stacklevel=2)
     return Run(label, path, list(seeds), str(cfg.get("model", "?")), results, std, data_identity(m),
                str(m.get("prediction", "")))
 

@@ -217,6 +217,13 @@ def test_eval_only_says_when_a_seed_did_not_finish_training(finished_run, tiny, 
         assert main(["--eval_only", "--checkpoint", str(run), "--data_path", str(tiny), "--quiet",
                      "--eval_frame_missing_rates", "0.0", "--output_dir", str(tmp_path / "ev")]) == 0
     assert f"{run / 'seed_8'} did not finish training" in caplog.text and "seed_7 did not" not in caplog.text
+    # and the evaluation's metrics.json says so: a comparison of it would show an ordinary row
+    from report import compare
+
+    unfinished = json.loads((tmp_path / "ev" / "metrics.json").read_text())["unfinished_checkpoints"]
+    assert unfinished == [str(run / "seed_8" / "best.pt")]
+    with pytest.warns(UserWarning, match=r"ev was evaluated from 1 checkpoint\(s\) of seeds that had not finished"):
+        compare([tmp_path / "ev"], tmp_path / "cmp")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -472,7 +472,7 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
     out = eval_output_dir(cfg, _run_folder(path), given)
     with run_lock(out):
         check_output_dir(dataclasses.replace(cfg, output_dir=str(out), resume=False))
-        per_seed, seeds, data, first, effective = [], [], None, None, cfg
+        per_seed, seeds, data, first, effective, unfinished = [], [], None, None, cfg, []
         for f in files:
             model, saved, stats, cal, dims = load_for_eval(f, device)
             conflicts = eval_conflicts(saved, cfg, given)
@@ -492,6 +492,7 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
                                       "evaluate the two with separate --eval_only runs")
             log.info("evaluating %s on %s (%d samples)", f, data.source, data.splits["test"].n)
             if f.parent.name.startswith("seed_") and not (f.parent / "result.json").exists():
+                unfinished.append(str(f))
                 log.warning("%s did not finish training (no result.json beside it): its best.pt is the best epoch "
                             "so far; finish it first with --resume --output_dir %s", f.parent, f.parent.parent)
             test = data.splits["test"]
@@ -503,6 +504,7 @@ def evaluate_checkpoints(cfg: Config, given: set[str] | None = None) -> dict:
         metrics["seeds"] = seeds
         metrics["prediction"] = prediction_note(saved.task, cal)
         metrics["checkpoints"] = [str(f) for f in files]
+        metrics["unfinished_checkpoints"] = unfinished  # python -m report warns about them
         with writing(out):
             metrics["table"] = write_report(out, metrics, [r["test"] for r in per_seed], data.splits["test"].labels,
                                             cfg.eval_missing_rates, data=data)
