@@ -135,7 +135,9 @@ def data_identity(m: dict) -> dict:
         source = f"{cfg['dataset']} (generated, seed {cfg.get('synthetic_seed', 0)})"
     first = next(iter(m["results"]["missing_rate"].values()), {})
     n = block.get("n", first.get("n") if isinstance(first, dict) else None)
-    text = lambda v: v if isinstance(v, str) else None  # noqa: E731 (a malformed entry counts as unknown)
+    def text(v: object) -> str | None:  # a malformed entry counts as unknown
+        return v if isinstance(v, str) else None
+
     return {"data": text(source), "test n": n if isinstance(n, int) and not isinstance(n, bool) else None,
             "test ids": text(block.get("ids_sha256")), "test labels": text(block.get("labels_sha256"))}
 
