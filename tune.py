@@ -185,6 +185,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
               (ns.pruner_startup_trials >= 0, "--pruner_startup_trials must be >= 0"),
               (ns.heartbeat_interval >= 0 and (ns.grace_period is None or ns.grace_period > 0),
                "--heartbeat_interval must be >= 0 and --grace_period > 0"),
+              (not ns.heartbeat_interval or ns.grace_period is None or ns.grace_period > ns.heartbeat_interval,
+               f"--grace_period ({ns.grace_period} s) must be longer than --heartbeat_interval "
+               f"({ns.heartbeat_interval} s): a running trial would be failed between two of its heartbeats"),
               (len(set(ns.objective)) == len(ns.objective), "--objective names an objective twice"),
               (ns.directions is None or len(ns.directions) == len(ns.objective),
                f"--directions needs one direction per objective ({len(ns.objective)}), "
@@ -343,13 +346,14 @@ def trial_config(start: Config, params: dict[str, Any], out: Path, number: int) 
 def final_config(trial: FrozenTrial, start: Config, output_dir: str, quiet: bool) -> Config:
     """The full config of a finished trial for a normal run (the run fields from the command line, and
     where this process finds the data: the study's data is checked to be the same, but another worker
-    may have mounted it elsewhere)."""
+    may have mounted it elsewhere; and the device of this process: a study searched on cuda:1 is
+    reported on the CPU with --device cpu)."""
     try:
         cfg = Config.from_dict(trial.user_attrs["config"])
     except (KeyError, TypeError, ValueError):  # stored by an older Config, or not at all
         cfg = dataclasses.replace(start, **trial.params)
     return dataclasses.replace(cfg, output_dir=output_dir, quiet=quiet, overwrite=False, resume=False,
-                               data_path=start.data_path, feature_cache=start.feature_cache,
+                               data_path=start.data_path, feature_cache=start.feature_cache, device=start.device,
                                eval_frame_missing_rates=list(start.eval_frame_missing_rates))
 
 
@@ -358,6 +362,8 @@ def train_command(cfg: Config) -> str:
     cfg = dataclasses.replace(cfg, output_dir=os.path.abspath(cfg.output_dir), quiet=False,
                               data_path=os.path.abspath(cfg.data_path) if cfg.data_path else None)
     argv = config_to_argv(cfg)
+    if "--epochs" not in argv:  # at the default: train_v4.sh would train its own 6 on the embedded data
+        argv += ["--epochs", str(cfg.epochs)]
     if "--output_dir" not in argv:
         argv += ["--output_dir", cfg.output_dir]
     return "bash train_v4.sh " + shlex.join(argv)

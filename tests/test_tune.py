@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import functools
 import itertools
@@ -96,6 +97,26 @@ def test_a_config_file_is_fixed_like_flags_and_flags_beside_it_win(tmp_path):
     with pytest.raises(SystemExit) as exc:
         tune.parse_args(["--config", str(tmp_path / "bad.yaml")])
     assert exc.value.code == 2
+
+
+def test_a_grace_period_within_one_heartbeat_is_refused(capsys):
+    # was: a worker failed another's healthy trial between two heartbeats, and that worker crashed
+    # with optuna's "Cannot tell a FAIL trial"
+    with pytest.raises(SystemExit) as exc:
+        tune.parse_args(["--heartbeat_interval", "10", "--grace_period", "5"])
+    assert exc.value.code == 2 and "--grace_period (5 s) must be longer than --heartbeat_interval (10 s)" in \
+        capsys.readouterr().err
+    tune.parse_args(["--heartbeat_interval", "0", "--grace_period", "5"])  # no heartbeats: nothing to race
+
+
+def test_the_best_command_names_the_epochs_and_reports_on_this_device(tmp_path):
+    # at the default 30 epochs the flag was left out, and train_v4.sh trains 6 on the embedded data; a
+    # study searched on cuda:1 was reported on that card whatever --device the report gave
+    cfg = Config(output_dir=str(tmp_path / "best"))
+    assert "--epochs 30" in tune.train_command(cfg)
+    trial = types.SimpleNamespace(user_attrs={"config": dataclasses.replace(cfg, device="cuda:1").to_dict()},
+                                  params={})
+    assert tune.final_config(trial, Config(device="cpu"), str(tmp_path / "b"), True).device == "cpu"
 
 
 def test_objectives_minimise_what_is_lower_is_better_and_refuse_the_ece_band():
