@@ -46,6 +46,7 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
 
 from datasets import rate_key
+from report.run_report import data_block
 from training.atomic import write_json
 from training.cli import threads_ok
 from training.config import (
@@ -404,11 +405,40 @@ def study_exists(ns: argparse.Namespace) -> bool:
 
 def data_identity(cfg: Config, data: Any) -> dict:
     """What a study searches on, the same for workers that mount the data at different paths: the data
-    set's name, the data file's base name (or the synthetic seed) and the split sizes."""
+    set's name, the data file's base name (or the synthetic seed), the split sizes and per split a
+    digest of its sample ids and labels (``report.run_report.data_block``'s)."""
+    digests = {name: [data_block(data, name)[k] for k in ("ids_sha256", "labels_sha256")]
+               for name in data.splits}
     return {"dataset": data.name,
             "file": os.path.basename(os.path.normpath(cfg.data_path)) if cfg.data_path else None,
             "synthetic_seed": None if cfg.data_path else cfg.synthetic_seed,
-            "sizes": {name: split.n for name, split in data.splits.items()}}
+            "sizes": {name: split.n for name, split in data.splits.items()}, "digests": digests}
+
+
+# per worker, and no bearing on what a trial measures: where the data and the card are, and how fast it runs
+WORKER_FIELDS = {*RUN_FIELDS, "data_path", "feature_cache", "device", "compile", "stack_lstm", "eval_only",
+                 "checkpoint", "eval_frame_missing_rates"}
+
+
+def search_settings(start: Config, space: dict[str, BaseDistribution]) -> dict:
+    """What every trial of a study must share: the search space and the fixed config it starts from
+    (without ``WORKER_FIELDS``)."""
+    return {"space": {k: optuna.distributions.distribution_to_json(v) for k, v in sorted(space.items())},
+            "fixed": {k: v for k, v in start.to_dict().items() if k not in space and k not in WORKER_FIELDS}}
+
+
+def settings_difference(stored: Any, now: dict) -> str:
+    """The fields in which two ``search_settings`` differ, e.g. ``epochs 1 (now 2), the search space (lr)``."""
+    if not isinstance(stored, dict):
+        return "unknown settings"
+    fixed, old = now["fixed"], stored.get("fixed") if isinstance(stored.get("fixed"), dict) else {}
+    diffs = [f"{k} {old.get(k)!r} (now {fixed.get(k)!r})" for k in sorted(set(old) | set(fixed))
+             if old.get(k) != fixed.get(k)]
+    space, was = now["space"], stored.get("space") if isinstance(stored.get("space"), dict) else {}
+    changed = sorted(k for k in set(space) | set(was) if space.get(k) != was.get(k))
+    if changed:
+        diffs.append(f"the search space ({', '.join(changed)})")
+    return ", ".join(diffs)
 
 
 def describe_data(identity: Any) -> str:
@@ -476,10 +506,11 @@ def claim_note(claimed: bool) -> str:
 
 
 def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBStorage,
-                         pruner: optuna.pruners.BasePruner, data: dict) -> optuna.Study:
+                         pruner: optuna.pruners.BasePruner, data: dict, settings: dict | None = None) -> optuna.Study:
     """Create the study or resume it (its objectives, directions and data, a ``data_identity``, must
-    match; a study made before the data was recorded takes this run's); the sampler's seed combines
-    --sampler_seed with the trials so far, so a rerun does not repeat earlier proposals."""
+    match, and with ``settings`` (``search_settings``; a run that adds trials) its search space and
+    fixed config; a study made before one was recorded takes this run's); the sampler's seed
+    combines --sampler_seed with the trials so far, so a rerun does not repeat earlier proposals."""
     try:
         study = optuna.create_study(storage=storage, study_name=ns.study_name, pruner=pruner,
                                     directions=ns.directions, load_if_exists=True)
@@ -495,13 +526,25 @@ def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBSto
 
     def other_data(other: Any, claimed: bool) -> str:
         run = "is being started by another worker" if claimed else "was run"
-        return (f"study {ns.study_name!r} {run} on {describe_data(other)}, not on {describe_data(data)}; give "
-                f"another --study_name or the same --data_path/--dataset{claim_note(claimed)}")
+        same_look = " (the same name and sizes, other samples or labels)" if \
+            describe_data(other) == describe_data(data) else ""
+        return (f"study {ns.study_name!r} {run} on {describe_data(other)}, not on {describe_data(data)}{same_look}; "
+                f"give another --study_name or the same --data_path/--dataset{claim_note(claimed)}")
+
+    def other_settings(other: Any, claimed: bool) -> str:
+        run = "is being started by another worker" if claimed else "was run"
+        return (f"study {ns.study_name!r} {run} with other settings: {settings_difference(other, settings)}; give "
+                f"another --study_name, or the same flags and --search_space{claim_note(claimed)}")
 
     if have != ns.directions:
         raise TuneError(other_objectives(study.user_attrs.get("objectives")))
     record_once(study, "objectives", list(ns.objective), other_objectives)
+    stored = study.user_attrs.get("data")
+    if isinstance(stored, dict) and "digests" not in stored:  # recorded before the digests: compared without
+        data = {k: v for k, v in data.items() if k != "digests"}
     record_once(study, "data", data, other_data)
+    if settings is not None:
+        record_once(study, "settings", settings, other_settings)
     seed = ns.sampler_seed
     if seed is not None:
         seed = int(np.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
@@ -621,7 +664,7 @@ def write_plots(study: optuna.Study, objectives: list[str], out: Path) -> list[s
 
 def evaluate_best(cfg: Config, data: Any, stats: dict | None) -> dict:
     """Retrain the best trial's config on train, select on valid, evaluate on test (``cfg.output_dir``).
-    A finished identical run there is reused."""
+    A finished identical run there, on the same test samples and labels, is reused."""
     done = Path(cfg.output_dir) / "metrics.json"
     run_fields = set(RUN_FIELDS)  # where and how a run writes: never changes a result
     if done.exists():
@@ -634,7 +677,9 @@ def evaluate_best(cfg: Config, data: Any, stats: dict | None) -> dict:
             raise TuneError(f"{done} is {reason}; move or remove {done.parent} to retrain the best trial there")
         same = {k: v for k, v in old.get("config", {}).items() if k not in run_fields} == \
             {k: v for k, v in cfg.to_dict().items() if k not in run_fields}
-        if same and "validation" in old:
+        was, now = old.get("data") if isinstance(old.get("data"), dict) else {}, data_block(data)
+        same_data = all(was.get(k) in (None, now[k]) for k in ("n", "ids_sha256", "labels_sha256"))
+        if same and same_data and "validation" in old:
             return old
     metrics = run_experiment(dataclasses.replace(cfg, overwrite=True), data=data, stats=stats)["test"]
     return json.loads(done.read_text()) | {"table": metrics.get("table")}
@@ -733,7 +778,8 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
         torch.set_num_threads(ns.threads)
     data, stats = load_and_standardize(start)  # once: every trial trains on the same data; the study checks it
     storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
-    study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs), data_identity(start, data))
+    study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs), data_identity(start, data),
+                                 search_settings(start, space) if n_trials != 0 else None)  # a report runs none
     log.info("study %r in %s: %d trials so far; searching %s", ns.study_name, mask_url(ns.storage),
              len(study.trials), ", ".join(space))
     if n_trials != 0:  # each trial start first fails (and requeues) the trials whose heartbeat stopped

@@ -308,7 +308,9 @@ def test_a_study_is_resumed_only_on_the_data_it_searched(tiny, tmp_path, fake_tr
     assert tune.main(tiny_args(tiny, out, *flags, "--n_trials", "1")) == 0
     tiny_data = {"dataset": "tiny", "file": "tiny.pkl", "synthetic_seed": None,
                  "sizes": {"train": 96, "valid": 48, "test": 64}}
-    assert load(url, "s").user_attrs["data"] == tiny_data
+    recorded = load(url, "s").user_attrs["data"]
+    assert {k: v for k, v in recorded.items() if k != "digests"} == tiny_data
+    assert set(recorded["digests"]) == {"train", "valid", "test"}
     best = (out / "best.json").read_bytes()
     other = tiny_pickle(tmp_path / "other.pkl", n=(90, 48, 64))
     capsys.readouterr()
@@ -323,11 +325,18 @@ def test_a_study_is_resumed_only_on_the_data_it_searched(tiny, tmp_path, fake_tr
     moved.parent.mkdir()
     moved.write_bytes(tiny.read_bytes())
     assert tune.main(tiny_args(moved, out, *flags, "--n_trials", "1")) == 0
-    assert len(load(url, "s").trials) == 2 and load(url, "s").user_attrs["data"] == tiny_data
+    assert len(load(url, "s").trials) == 2 and load(url, "s").user_attrs["data"] == recorded
+    # another file of the same name and sizes: other samples and labels (was: searched as the same data)
+    (tmp_path / "elsewhere").mkdir()
+    lookalike = tiny_pickle(tmp_path / "elsewhere" / "tiny.pkl", seed=1)
+    capsys.readouterr()
+    assert tune.main(tiny_args(lookalike, out, *flags, "--n_trials", "1")) == 1
+    assert "(the same name and sizes, other samples or labels)" in capsys.readouterr().err
     report = json.loads((out / "best.json").read_text())
     assert report["config"]["data_path"] == str(moved) and str(moved) in report["command"]
-    synthetic = types.SimpleNamespace(name="synthetic", splits={s: types.SimpleNamespace(n=n) for s, n in
-                                                                 (("train", 1284), ("valid", 229), ("test", 686))})
+    from datasets import make_synthetic
+
+    synthetic = make_synthetic(seed=3)
     assert tune.describe_data(tune.data_identity(Config(synthetic_seed=3), synthetic)) == \
         "the embedded synthetic data (--synthetic_seed 3) (1284/229/686 train/valid/test samples)"
 
@@ -433,6 +442,49 @@ def test_another_workers_claim_stops_a_start_on_other_data_until_it_lapses(tmp_p
         tune.create_or_load_study(ns, optuna.storages.RDBStorage(url), optuna.pruners.NopPruner(), a)
     attrs = load(url, "s").user_attrs
     assert "objectives" not in attrs and all(v is None for k, v in attrs.items() if ":" in k)
+
+
+def test_a_study_refuses_trials_under_other_settings_but_reports_with_any(tiny, tmp_path, fake_training, capsys):
+    # another --epochs or search space joined the same study: a 3-epoch trial ranked against 2-epoch ones,
+    # and a narrowed categorical made every new trial fail while the run exited 0
+    out = tmp_path / "out"
+    (tmp_path / "space.yaml").write_text("lr: [0.001, 0.0001]\n")
+    (tmp_path / "other.yaml").write_text("lr: [0.001, 0.01]\n")
+    flags = ("--search_space", str(tmp_path / "space.yaml"), "--skip_final_eval")
+    assert tune.main(tiny_args(tiny, out, *flags, "--n_trials", "1")) == 0
+    capsys.readouterr()
+    for extra, difference in ((("--epochs", "3"), "epochs 2 (now 3)"),
+                              (("--search_space", str(tmp_path / "other.yaml")), "the search space (lr)")):
+        assert tune.main(tiny_args(tiny, out, *flags, "--n_trials", "1", *extra)) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: study 'attention_robust_v4_tiny' was run with other settings: {difference}; give "
+                       "another --study_name, or the same flags and --search_space"], err
+    study = optuna.load_study(study_name="attention_robust_v4_tiny", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 1
+    assert tune.main(tiny_args(tiny, out, *flags, "--n_trials", "1", "--device", "cpu")) == 0  # per worker: same
+    assert tune.main(tiny_args(tiny, out, *flags, "--n_trials", "0", "--epochs", "3")) == 0  # a report runs none
+
+
+def test_the_retrained_best_trial_is_reused_only_on_the_same_test_data(tmp_path, monkeypatch):
+    # a data file rewritten in place (same path, other labels) reused best/ and reported its old test numbers
+    from datasets import make_synthetic
+    from report.run_report import data_block
+
+    data, other = make_synthetic(seed=0), make_synthetic(seed=1)
+    cfg = Config(output_dir=str(tmp_path / "best"))
+    retrained = []
+
+    def fake(c, data=None, stats=None):
+        retrained.append(c.output_dir)
+        (tmp_path / "best" / "metrics.json").write_text(json.dumps(done | {"data": data_block(data)}))
+        return {"test": {"table": "t"}}
+
+    monkeypatch.setattr(tune, "run_experiment", fake)
+    (tmp_path / "best").mkdir()
+    done = {"config": cfg.to_dict(), "validation": {}, "data": data_block(data)}
+    (tmp_path / "best" / "metrics.json").write_text(json.dumps(done))
+    assert tune.evaluate_best(cfg, data, None)["data"] == data_block(data) and not retrained  # reused
+    assert tune.evaluate_best(cfg, other, None)["data"] == data_block(other) and len(retrained) == 1
 
 
 def test_an_output_dir_that_cannot_be_made_is_one_line(tiny, tmp_path, monkeypatch, capsys):
@@ -580,9 +632,10 @@ def test_sigkill_mid_trial_then_rerun_resumes(tiny, tmp_path):
     out = tmp_path / "out"
     url = f"sqlite:///{out.resolve() / 'study.db'}"
     # heartbeats every second, stale after 2 s without one (the defaults are 10 s and 20 s)
+    # the rerun has the same settings (a study refuses others): 30 epochs leave time to kill the first
     argv = tiny_args(tiny, out, "--study_name", "killed", "--skip_final_eval", "--pruner", "none",
-                     "--heartbeat_interval", "1", "--grace_period", "2")
-    proc = start_tune(*argv, "--epochs", "400", "--patience", "0", "--n_trials", "3")
+                     "--heartbeat_interval", "1", "--grace_period", "2", "--epochs", "30", "--patience", "0")
+    proc = start_tune(*argv, "--n_trials", "3")
     last = out / "trials" / "trial_0" / "seed_7" / "last.pt"
     deadline = time.time() + 120
     while not last.exists() and proc.poll() is None and time.time() < deadline:
