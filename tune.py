@@ -758,6 +758,24 @@ def setup_logging(quiet: bool) -> None:
     warnings.filterwarnings("ignore", message=".*Converting a tensor with requires_grad=True.*")
 
 
+def claim_output_dir(out: Path, study_name: str) -> None:
+    """Keep ``out`` to one study: its trials/, best/ and best.json are numbered and named per study, so a
+    second study there would overwrite the first's. The study is named in ``out/.study`` (or, for a
+    folder from before it, in its best.json)."""
+    marker, owner = out / ".study", None
+    try:
+        if marker.exists():
+            owner = marker.read_text().strip()
+        elif (out / "best.json").exists():
+            owner = json.loads((out / "best.json").read_text()).get("study_name")
+    except (OSError, ValueError, AttributeError):  # unreadable: as if unnamed
+        owner = None
+    if owner and owner != study_name:
+        raise TuneError(f"{out} holds the outputs of study {owner!r}; give study {study_name!r} its own --output_dir")
+    if not marker.exists():
+        marker.write_text(study_name + "\n")
+
+
 def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
     """Create or resume the study, run this process's trials, write the results."""
     out = Path(base.output_dir).resolve()
@@ -774,6 +792,7 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
                         f"--n_trials N to run trials")
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
+        claim_output_dir(out, ns.study_name)
     if ns.threads:
         torch.set_num_threads(ns.threads)
     data, stats = load_and_standardize(start)  # once: every trial trains on the same data; the study checks it

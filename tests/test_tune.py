@@ -487,6 +487,22 @@ def test_the_retrained_best_trial_is_reused_only_on_the_same_test_data(tmp_path,
     assert tune.evaluate_best(cfg, other, None)["data"] == data_block(other) and len(retrained) == 1
 
 
+def test_a_second_study_cannot_write_into_the_first_ones_folder(tiny, tmp_path, fake_training, capsys):
+    # was: following "give another --study_name" in the same --output_dir overwrote trials/trial_0, best.json
+    out = tmp_path / "out"
+    (tmp_path / "space.yaml").write_text("lr: [0.001, 0.0001]\n")
+    flags = ("--search_space", str(tmp_path / "space.yaml"), "--skip_final_eval", "--n_trials", "1")
+    assert tune.main(tiny_args(tiny, out, *flags)) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "study.db"}
+    capsys.readouterr()
+    assert tune.main(tiny_args(tiny, out, *flags, "--study_name", "s_mae", "--objective", "mae")) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {out.resolve()} holds the outputs of study 'attention_robust_v4_tiny'; give study 's_mae' its own "
+        "--output_dir"]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "study.db"} == before
+    assert tune.main(tiny_args(tiny, out, *flags)) == 0  # the same study goes on there
+
+
 def test_an_output_dir_that_cannot_be_made_is_one_line(tiny, tmp_path, monkeypatch, capsys):
     taken = tmp_path / "taken"
     taken.write_text("keep me\n")
