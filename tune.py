@@ -380,6 +380,8 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int | None) ->
     """An RDBStorage (SQLite too) with heartbeats: a trial whose process died is failed, then retried once."""
     sqlite = url.startswith("sqlite")
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}} if sqlite else {"pool_pre_ping": True}
+    if url.startswith("postgresql"):  # a host that drops packets: an error in 30 s, not a hang of minutes
+        engine_kwargs["connect_args"] = {"connect_timeout": 30}
     heartbeat: dict[str, Any] = {}
     if heartbeat_interval:
         heartbeat = {"heartbeat_interval": heartbeat_interval, "grace_period": grace_period,
@@ -388,6 +390,11 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int | None) ->
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         except Exception as err:
+            if isinstance(err, ImportError):  # optuna's message does not say which driver
+                scheme = url.split("://")[0]
+                raise TuneError(f"cannot open --storage {mask_url(url)}: the database driver for {scheme!r} is not "
+                                "installed; for PostgreSQL write postgresql+psycopg2:// (requirements.txt installs "
+                                "psycopg2-binary), or install the driver the URL names") from None
             if not re.search("locked|already exists|duplicate|unique", str(err).lower()) or attempt == 7:
                 raise TuneError(f"cannot open --storage {mask_url(url)}: {first_line(err)}") from None
             time.sleep(0.5 * (attempt + 1))

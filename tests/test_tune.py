@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import importlib.util
 import itertools
 import json
 import logging
@@ -158,6 +159,20 @@ def test_search_space_file_is_checked(tmp_path):
     ns.search_space = str(tmp_path / "missing.yaml")
     with pytest.raises(tune.TuneError, match="cannot read search space file"):
         tune.build_space(ns, base, fixed)
+
+
+def test_a_storage_url_without_its_driver_names_the_driver_to_use():
+    # was: optuna's "Failed to import DB access module ... install appropriate one": psycopg 3 is what
+    # SQLAlchemy takes for postgresql://, and requirements.txt installs psycopg2
+    pytest.importorskip("psycopg2")
+    if importlib.util.find_spec("psycopg") is not None:
+        pytest.skip("psycopg 3 is installed here: postgresql:// has its driver")
+    with pytest.raises(tune.TuneError) as err:
+        tune.open_storage("postgresql://u:secret@localhost:1/x", 0, None)
+    assert str(err.value) == (
+        "cannot open --storage postgresql://u:***@localhost:1/x: the database driver for 'postgresql' is not "
+        "installed; for PostgreSQL write postgresql+psycopg2:// (requirements.txt installs psycopg2-binary), or "
+        "install the driver the URL names")
 
 
 @pytest.mark.slow
