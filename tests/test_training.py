@@ -439,6 +439,7 @@ def test_distillation_term_counts_only_samples_that_lost_a_modality(tiny, tmp_pa
     assert not seen and load_checkpoint(out / "seed_7" / "last.pt")["history"][0]["loss/distill"] == 0
 
 
+@pytest.mark.slow
 def test_the_distillation_term_adds_no_host_sync_to_a_step(tmp_path):
     # it asked the device whether a sample lost a modality, then indexed the lost ones out: five
     # reads per step that a GPU step waits on; the epoch's dropout is drawn on the host and says it
