@@ -263,6 +263,11 @@ def to_distribution(name: str, spec: Any, source: str) -> BaseDistribution:
     if kind != "categorical" and (ftype not in (int, float) or (kind, ftype) == ("float", int)):
         raise TuneError(f"{source}: {name} is a {ftype.__name__} field; "
                         f"use type {'int' if ftype is int else 'categorical'}")
+    if kind == "int":  # optuna would truncate 8.5 to 8 without a word
+        bad = next((f"{k} {spec[k]!r}" for k in ("low", "high", "step") if k in spec
+                    and not (isinstance(spec[k], int) or isinstance(spec[k], float) and spec[k].is_integer())), None)
+        if bad is not None:
+            raise TuneError(f"{source}: {name} (int): {bad} is not a whole number")
     try:
         dist = DISTRIBUTIONS[kind](**spec)
     except (TypeError, ValueError) as err:

@@ -150,7 +150,9 @@ def test_search_space_file_is_checked(tmp_path):
            "order.yaml": ("lr: {low: 0.01, high: 0.001}\n", "lr (float): `low <= high` must hold"),
            "log.yaml": ("dropout: {low: 0.0, high: 0.4, log: true}\n", "dropout (float): `low > 0` must hold"),
            "key.yaml": ("lr: {low: 0.001, hihg: 0.01}\n", "lr (float): "),
-           "choice.yaml": ("hidden_dim: [32, '64']\n", "hidden_dim choice '64' is not a valid int")}
+           "choice.yaml": ("hidden_dim: [32, '64']\n", "hidden_dim choice '64' is not a valid int"),
+           "whole.yaml": ("kl_warmup_epochs: {low: 0.5, high: 5}\n",  # was: searched from 0
+                          "kl_warmup_epochs (int): low 0.5 is not a whole number")}
     for name, (text, message) in bad.items():
         (tmp_path / name).write_text(text)
         ns.search_space = str(tmp_path / name)
