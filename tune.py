@@ -531,22 +531,22 @@ def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBSto
                         f"{first_line(err)}") from None
     have = [d.name.lower() for d in study.directions]
 
+    def study_is(claimed: bool, recorded: str) -> str:  # "study 's' was run", or another worker's claim
+        return f"study {ns.study_name!r} {'is being started by another worker' if claimed else recorded}"
+
     def other_objectives(objectives: Any, claimed: bool = False) -> str:
-        exists = "is being started by another worker" if claimed else "already exists"
-        return (f"study {ns.study_name!r} {exists} with objectives {objectives} and directions {have}; "
+        return (f"{study_is(claimed, 'already exists')} with objectives {objectives} and directions {have}; "
                 f"give another --study_name or the same --objective{claim_note(claimed)}")
 
     def other_data(other: Any, claimed: bool) -> str:
-        run = "is being started by another worker" if claimed else "was run"
         same_look = " (the same name and sizes, other samples or labels)" if \
             describe_data(other) == describe_data(data) else ""
-        return (f"study {ns.study_name!r} {run} on {describe_data(other)}, not on {describe_data(data)}{same_look}; "
+        return (f"{study_is(claimed, 'was run')} on {describe_data(other)}, not on {describe_data(data)}{same_look}; "
                 f"give another --study_name or the same --data_path/--dataset{claim_note(claimed)}")
 
     def other_settings(other: Any, claimed: bool) -> str:
-        run = "is being started by another worker" if claimed else "was run"
-        return (f"study {ns.study_name!r} {run} with other settings: {settings_difference(other, settings)}; give "
-                f"another --study_name, or the same flags and --search_space{claim_note(claimed)}")
+        return (f"{study_is(claimed, 'was run')} with other settings: {settings_difference(other, settings)}; "
+                f"give another --study_name, or the same flags and --search_space{claim_note(claimed)}")
 
     if have != ns.directions:
         raise TuneError(other_objectives(study.user_attrs.get("objectives")))
