@@ -8,7 +8,6 @@ reduces by the mean over the samples (or sample-modality pairs) that count.
 from __future__ import annotations
 
 import itertools
-import math
 from typing import Any
 
 import torch
@@ -174,9 +173,10 @@ def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float = 0.1, keep: Ten
     if keep is not None:  # a dropped row keeps only its own diagonal entry: its CE is exactly 0, no gradient
         eye = torch.eye(n, dtype=torch.bool, device=a.device)
         logits = logits.masked_fill(~((keep[..., :, None] & keep[..., None, :]) | eye), float("-inf"))
-    target = torch.arange(n, device=a.device).repeat(math.prod(a.shape[:-2]))  # row i's match: column i
-    ce = (F.cross_entropy(logits.reshape(-1, n), target, reduction="none")
-          + F.cross_entropy(logits.transpose(-1, -2).reshape(-1, n), target, reduction="none")).view(a.shape[:-1])
+    # CE(logits, arange) of row i is logsumexp(row i) - logits[i, i]; written with the diagonal, not
+    # cross_entropy's gather of the targets: torch 2.11's inductor generated C++ that did not compile
+    # (an undeclared index in a transposed load) for that gather on AVX2/AVX-512 CPUs
+    ce = logits.logsumexp(-1) + logits.logsumexp(-2) - 2 * logits.diagonal(dim1=-2, dim2=-1)  # (..., N)
     if keep is None:
         return 0.5 * ce.mean(-1)
     return 0.5 * ce.sum(-1) / keep.sum(-1).clamp_min(1)

@@ -37,6 +37,7 @@ from modules.losses import (
 )
 from modules.pooling import length_mask
 from modules.proxy_attention import ProxyCrossModalAttention
+from tests.helpers import need_cpu_compile
 
 H = 16
 
@@ -513,6 +514,30 @@ def test_info_nce_over_a_batch_of_pairs_equals_each_pair_alone() -> None:
     for k in range(3):
         torch.testing.assert_close(batched[k], symmetric_info_nce(a[k], b[k], 0.2, keep=keep[k]))
         torch.testing.assert_close(plain[k], symmetric_info_nce(a[k], b[k], 0.2))
+
+
+@pytest.mark.slow
+def test_info_nce_compiled_on_the_cpu_matches_cross_entropy_on_the_kept_rows() -> None:
+    # the reference selects the kept rows and uses F.cross_entropy; the loss itself masks them, and under
+    # torch.compile must build: torch 2.11's inductor emitted C++ that did not compile for a
+    # cross_entropy-with-arange form of it on AVX-512 CPUs, which broke every --compile on the CPU
+    need_cpu_compile()
+    torch.manual_seed(0)
+    a, b = torch.randn(3, 16, 8, requires_grad=True), torch.randn(3, 16, 8)
+    keep = torch.rand(3, 16) > 0.3
+    compiled = torch.compile(lambda a, b, keep: symmetric_info_nce(a, b, 0.1, keep=keep), dynamic=False)
+    loss = compiled(a, b, keep)
+    (grad,) = torch.autograd.grad(loss.sum(), a)
+    expected = []
+    for k in range(3):
+        x, y = F.normalize(a[k][keep[k]], dim=-1), F.normalize(b[k][keep[k]], dim=-1)
+        logits, target = x @ y.T / 0.1, torch.arange(int(keep[k].sum()))
+        expected.append(0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)))
+    expected = torch.stack(expected)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), a)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, expected_grad)
+    assert (grad[~keep] == 0).all()
 
 
 def test_contrastive_is_the_mean_over_modality_pairs_of_their_info_nce() -> None:

@@ -1308,13 +1308,25 @@ def test_a_failing_compilation_is_one_line_naming_the_flag(tiny, tmp_path, capsy
 
     from torch._inductor.exc import CppCompileError
 
-    def no_cxx(model, mode):  # seen on a GPU machine's image: inductor could not build its CPU kernels
-        def forward(batch):
-            raise torch._dynamo.exc.BackendCompilerFailed("inductor", CppCompileError(["g++", "k.cpp"], "error"), None)
-        return forward
+    # what g++ printed for torch 2.11's kernels on an AVX-512 CPU (a compiler that works), and for a
+    # machine without Python's headers: the first is torch's bug, the second the machine's
+    generated = ("k.cpp: In function 'void kernel(float*)':\nk.cpp:232:150: error: 'tmp5' was not declared in "
+                 "this scope; did you mean 'tmp7'?\n  232 |   transpose_mxn(out + 16L*tmp5);"
+                 "\nk.cpp:240:1: error: expected '}' at end of input")
+    headers = "k.cpp:1:10: fatal error: Python.h: No such file or directory\ncompilation terminated."
+    for i, (output, expected) in enumerate([
+            (generated, "error: 'tmp5' was not declared in this scope; did you mean 'tmp7'?); the compiler rejected "
+                        "the kernels torch generated"),
+            (headers, "fatal error: Python.h: No such file or directory); on the CPU it builds C++ kernels, which "
+                      "needs a working C++ compiler (g++ or clang++) with Python's headers; run without --compile")]):
+        def failing(model, mode, output=output):
+            def forward(batch):
+                raise torch._dynamo.exc.BackendCompilerFailed("inductor", CppCompileError(["g++", "k.cpp"], output),
+                                                              None)
+            return forward
 
-    monkeypatch.setattr(trainer_mod.torch, "compile", no_cxx)
-    assert main(tiny_args(tiny, tmp_path / "out2", "--compile", "default", "--device", "cpu")) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "(CppCompileError: C++ compile error)" in err, err
-    assert "needs a working C++ compiler (g++ or clang++); run without --compile" in err, err
+        monkeypatch.setattr(trainer_mod.torch, "compile", failing)
+        assert main(tiny_args(tiny, tmp_path / f"out{i + 2}", "--compile", "default", "--device", "cpu")) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "(CppCompileError: C++ compile error, " in err and expected in err, err
+        assert ("ATEN_CPU_CAPABILITY=default" in err) == (output is generated), err

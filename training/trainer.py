@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -177,6 +178,27 @@ def show_loss(bar: tqdm, loss: torch.Tensor, sent: tuple | None) -> tuple | None
     return arrived, host
 
 
+def compile_failure(err: BaseException) -> tuple[str, str]:
+    """What went wrong in a failed ``torch.compile`` and what to do (``""`` or ``"; ..."``), for the one
+    line of :class:`CompileError`. On the CPU inductor builds C++ kernels: no compiler is
+    ``InvalidCxxCompiler``; a ``CppCompileError`` whose first error is a missing header or library is the
+    machine's, any other is the compiler rejecting the code inductor generated (torch 2.11 on an AVX-512
+    CPU did so for ``F.cross_entropy`` with ``arange`` targets)."""
+    inner = getattr(err, "inner_exception", None) or err
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    what = f"{type(inner).__name__}: {lines[0] if lines else ''}"
+    if type(inner).__name__ == "InvalidCxxCompiler":
+        return what, "; on the CPU it builds C++ kernels, which needs a C++ compiler (g++ or clang++)"
+    if type(inner).__name__ == "CppCompileError":
+        error = re.search(r"(?:fatal )?error: .*", str(inner))  # the compiler's first error
+        if error is None or error[0].startswith("fatal") or "ld returned" in error[0]:  # headers, libraries
+            return (f"{what}{', ' + error[0] if error else ''}", "; on the CPU it builds C++ kernels, which needs "
+                    "a working C++ compiler (g++ or clang++) with Python's headers")
+        return (f"{what}, {error[0]}", "; the compiler rejected the kernels torch generated, a torch bug that a "
+                "newer torch or ATEN_CPU_CAPABILITY=default (kernels without SIMD) may avoid")
+    return what, ""
+
+
 class Trainer:
     """Trains ``cfg.model`` on ``data`` for one ``seed``, writing into ``run_dir``.
 
@@ -278,12 +300,8 @@ class Trainer:
             with torch._dynamo.config.patch(allow_rnn=True):
                 return self.forward(batch)
         except torch._dynamo.exc.TorchDynamoException as err:
-            inner = getattr(err, "inner_exception", None) or err
-            first = next((line.strip() for line in str(inner).splitlines() if line.strip()), "")
-            cxx = ("; on the CPU it builds C++ kernels, which needs a working C++ compiler (g++ or clang++)"
-                   if type(inner).__name__ in ("CppCompileError", "InvalidCxxCompiler") else "")
             raise CompileError(f"--compile {self.cfg.compile}: torch.compile failed on the training forward "
-                               f"({type(inner).__name__}: {first}){cxx}; run without --compile") from err
+                               "({}){}; run without --compile".format(*compile_failure(err))) from err
 
     def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict,
                       any_lost: bool) -> torch.Tensor:
