@@ -42,9 +42,15 @@ PERSISTENT_UNITS = 128
 
 
 def lstm(x: Tensor, weights: Sequence[Tensor], train: bool) -> Tensor:
-    """One one-directional, one-layer LSTM from zero state: ``x (B, L, D) -> per-step states (B, L, u)``."""
-    zeros = x.new_zeros(1, x.shape[0], weights[1].shape[1])
-    return torch.lstm(x, (zeros, zeros), list(weights), True, 1, 0.0, train, False, True)[0]
+    """One one-directional, one-layer LSTM from zero state: ``x (B, L, D) -> per-step states (B, L, u)``
+    in ``x``'s dtype, computed in float32 (the weights' dtype) even under autocast. Autocast would run it
+    in float16 on CUDA whatever its own dtype (torch's rule for cuDNN RNNs) and in bfloat16 on the CPU,
+    over up to 500 recurrent steps; float32 ran at 0.97x float16's speed in the compiled LSTM encoder
+    at MOSEI's shape on an H200 (``bench/README.md``)."""
+    with torch.autocast(x.device.type, enabled=False):
+        zeros = x.new_zeros(1, x.shape[0], weights[1].shape[1], dtype=weights[0].dtype)
+        out = torch.lstm(x.to(weights[0].dtype), (zeros, zeros), list(weights), True, 1, 0.0, train, False, True)[0]
+    return out.to(x.dtype)
 
 
 @functools.lru_cache(maxsize=64)
