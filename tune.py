@@ -40,7 +40,6 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.exceptions import ExperimentalWarning
 from optuna.trial import FrozenTrial, TrialState
@@ -57,6 +56,7 @@ from training.config import (
     add_config_arguments,
     config_to_argv,
     load_config_file,
+    read_yaml_or_json,
 )
 from training.errors import writing
 from training.metrics import METRIC_NAMES
@@ -286,12 +286,9 @@ def bounds(dist: BaseDistribution) -> tuple:
 def load_search_space(path: str, base: Config) -> dict[str, BaseDistribution]:
     """A YAML or JSON search space file as Optuna distributions; TuneError on any problem."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())  # JSON is YAML
-    except (OSError, UnicodeDecodeError) as err:
-        reason = err.strerror if isinstance(err, OSError) else err
-        raise TuneError(f"cannot read search space file {path}: {reason}") from None
-    except yaml.YAMLError as err:
-        raise TuneError(f"search space file {path} is not valid YAML/JSON: {first_line(err)}") from None
+        raw = read_yaml_or_json(path, "search space file")
+    except ValueError as err:
+        raise TuneError(str(err)) from None
     if not isinstance(raw, dict) or not raw:
         raise TuneError(f"search space file {path} must hold a non-empty mapping {{name: {{type, low, high, ...}}}}")
     space = {str(k): to_distribution(str(k), v, path) for k, v in raw.items()}

@@ -77,6 +77,9 @@ def test_config_file_sets_values_and_flags_win(tmp_path):
     ("dropout: 1.5\n", ["dropout must lie in [0, 1)", "(set in"]),
     ("- a list\n", ["must hold a mapping"]),
     ("hidden_dim: [1\n", ["not valid YAML/JSON"]),
+    # YAML and JSON parsers keep the last of two equal keys without a word
+    ("lr: 0.001\nepochs: 3\nlr: 0.1\n", ["key 'lr' appears twice (lines 1 and 3); keep one"]),
+    ("eval_missing_rates: [0.1]\nx: {a: 1, a: 2}\n", ["key 'a' appears twice (line 2)"]),  # in any mapping
 ])
 def test_config_file_errors_are_one_line_naming_the_key_and_the_file(tmp_path, capsys, text, fragments):
     path = tmp_path / "bad.yaml"
@@ -88,6 +91,15 @@ def test_config_file_errors_are_one_line_naming_the_key_and_the_file(tmp_path, c
     assert err.startswith("prog: error: ") and err.rstrip().endswith("(see --help)"), err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
+
+
+def test_a_json_config_file_naming_a_key_twice_is_refused(tmp_path, capsys):
+    path = tmp_path / "exp.json"
+    path.write_text('{"dropout": 0.1, "epochs": 2, "dropout": 0.4}')
+    with pytest.raises(SystemExit):
+        config_from_args(["--config", str(path)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"config file {path}: key 'dropout' appears twice; keep one" in err, err
 
 
 def test_missing_config_file(tmp_path, capsys):

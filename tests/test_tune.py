@@ -145,6 +145,9 @@ def test_search_space_file_is_checked(tmp_path):
            "range.yaml": ("dropout: {type: float, low: 0.0, high: 1.5}\n", "dropout must lie in [0, 1)"),
            "type.json": ('{"encoder": {"type": "float", "low": 0, "high": 1}}', "use type categorical"),
            "broken.yaml": ("lr: {type: float, low: [\n", "not valid YAML/JSON"),
+           "twice.yaml": ("lr: {low: 0.001, high: 0.01}\nencoder: [mlp]\nlr: {low: 0.1, high: 0.2}\n",
+                          "key 'lr' appears twice (lines 1 and 3); keep one"),
+           "twice.json": ('{"lr": {"low": 0.001, "high": 0.01, "high": 0.1}}', "key 'high' appears twice"),
            "data.yaml": ("data_path: [a, b]\n", "cannot be searched"),
            # checked by Optuna's distribution constructors, reported in one line
            "order.yaml": ("lr: {low: 0.01, high: 0.001}\n", "lr (float): `low <= high` must hold"),

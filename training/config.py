@@ -462,19 +462,63 @@ def _coerce_scalar(name: str, tp: type, value: Any, bad: typing.Callable[[str], 
     return out
 
 
+class DuplicateKeyError(ValueError):
+    """A mapping in a YAML/JSON file that names one key twice (parsers keep the last silently)."""
+
+
+def _twice(key: Any, lines: str = "") -> DuplicateKeyError:
+    return DuplicateKeyError(f"key {key!r} appears twice{lines}; keep one")
+
+
+def _unique(pairs: list[tuple[Any, Any]]) -> dict:
+    """``dict(pairs)`` (json's ``object_pairs_hook``), refusing a key given twice."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _twice(key)
+        out[key] = value
+    return out
+
+
+def _yaml_loader() -> type:
+    """yaml's SafeLoader, refusing a mapping that names one key twice."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):  # noqa: ANN001, ANN202 (yaml's signature)
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<" merges keys in on purpose
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error follows
+                    continue
+                if first is not None:
+                    raise _twice(key, f" (lines {first} and {line})" if first != line else f" (line {line})")
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
 def read_yaml_or_json(path: str, what: str) -> Any:
     """The data in a ``.json`` file or a YAML file (any other name); ValueError naming ``what``
-    (e.g. "config file") and ``path`` when the file cannot be read or parsed."""
+    (e.g. "config file") and ``path`` when the file cannot be read or parsed, or when a mapping in it
+    names a key twice (which YAML and JSON parsers resolve silently, the last one winning)."""
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ValueError(f"cannot read {what} {path}: {getattr(err, 'strerror', None) or err}") from None
     try:
         if path.endswith(".json"):
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique)
         import yaml
 
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as err:
+        raise ValueError(f"{what} {path}: {err}") from None
     except Exception as err:  # yaml.YAMLError / json.JSONDecodeError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{what} {path} is not valid YAML/JSON: {first}") from None
