@@ -767,10 +767,10 @@ def setup_logging(quiet: bool) -> None:
     warnings.filterwarnings("ignore", message=".*Converting a tensor with requires_grad=True.*")
 
 
-def claim_output_dir(out: Path, study_name: str) -> None:
+def claim_output_dir(out: Path, study_name: str) -> bool:
     """Keep ``out`` to one study: its trials/, best/ and best.json are numbered and named per study, so a
     second study there would overwrite the first's. The study is named in ``out/.study`` (or, for a
-    folder from before it, in its best.json)."""
+    folder from before it, in its best.json). Returns whether this call wrote ``out/.study``."""
     marker, owner = out / ".study", None
     try:
         if marker.exists():
@@ -781,15 +781,17 @@ def claim_output_dir(out: Path, study_name: str) -> None:
         owner = None
     if owner and owner != study_name:
         raise TuneError(f"{out} holds the outputs of study {owner!r}; give study {study_name!r} its own --output_dir")
-    if not marker.exists():
-        marker.write_text(study_name + "\n")
+    if marker.exists():
+        return False
+    marker.write_text(study_name + "\n")
+    return True
 
 
 def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
     """Create or resume the study, run this process's trials, write the results."""
     out = Path(base.output_dir).resolve()
     n_trials = 20 if ns.n_trials is None and ns.timeout is None else ns.n_trials
-    where = mask_url(ns.storage) if ns.storage else str(out)
+    where, external = (mask_url(ns.storage) if ns.storage else str(out)), ns.storage is not None
     ns.storage = ns.storage or f"sqlite:///{out / 'study.db'}"
     space = build_space(ns, base, fixed)
     if not space:
@@ -799,15 +801,27 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
         raise TuneError(f"--n_trials 0 reports on an existing study, and {where} holds no study {ns.study_name!r}; "
                         f"give the --output_dir, or --storage and --study_name, of the study to report on, or "
                         f"--n_trials N to run trials")
-    with writing(out):
-        out.mkdir(parents=True, exist_ok=True)
-        claim_output_dir(out, ns.study_name)
     if ns.threads:
         torch.set_num_threads(ns.threads)
     data, stats = load_and_standardize(start)  # once: every trial trains on the same data; the study checks it
-    storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
-    study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs), data_identity(start, data),
-                                 search_settings(start, space) if n_trials != 0 else None)  # a report runs none
+    # the output folder is made once the data and a given --storage have opened, and left as it was if
+    # the study cannot start (a study on other data, another worker starting it): a failed command
+    # leaves no folder that claims to hold the study
+    storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period) if external else None
+    made = not out.exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+        claimed = claim_output_dir(out, ns.study_name)
+    try:
+        storage = storage or open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
+        study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs), data_identity(start, data),
+                                     search_settings(start, space) if n_trials != 0 else None)  # a report runs none
+    except BaseException:
+        if claimed:
+            (out / ".study").unlink(missing_ok=True)
+        if made and not any(out.iterdir()):
+            out.rmdir()
+        raise
     log.info("study %r in %s: %d trials so far; searching %s", ns.study_name, mask_url(ns.storage),
              len(study.trials), ", ".join(space))
     if n_trials != 0:  # each trial start first fails (and requeues) the trials whose heartbeat stopped

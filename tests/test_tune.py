@@ -187,6 +187,7 @@ def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == ["error: cannot open --storage nosuchdb://x/y: "
                                              "Can't load plugin: sqlalchemy.dialects:nosuchdb"]
+    assert not (tmp_path / "out").exists()  # was: left holding only a .study that claimed it
     (tmp_path / "space.yaml").write_text("not_a_field: [1, 2]\n")
     capsys.readouterr()
     assert tune.main([*base, "--search_space", str(tmp_path / "space.yaml")]) == 1
@@ -340,6 +341,9 @@ def test_a_study_is_resumed_only_on_the_data_it_searched(tiny, tmp_path, fake_tr
             "error: study 's' was run on tiny.pkl (96/48/64 train/valid/test samples), not on other.pkl "
             "(90/48/64 train/valid/test samples); give another --study_name or the same --data_path/--dataset"]
     assert len(load(url, "s").trials) == 1 and (out / "best.json").read_bytes() == best
+    # into a new folder: refused the same way, and the folder is not left behind claiming study 's'
+    assert tune.main(tiny_args(other, tmp_path / "new" / "out", *flags, "--n_trials", "1")) == 1
+    assert "study 's' was run on tiny.pkl" in capsys.readouterr().err and not (tmp_path / "new" / "out").exists()
     # the same file where another worker mounts it: the same study, and best.json names this worker's path
     moved = tmp_path / "mnt" / "tiny.pkl"
     moved.parent.mkdir()
