@@ -403,13 +403,12 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int | None) ->
     raise AssertionError("unreachable")
 
 
-def study_exists(ns: argparse.Namespace) -> bool:
-    """Whether ``--storage`` holds ``--study_name``, without creating anything: a SQLite file that is not
-    there holds none."""
+def study_names(ns: argparse.Namespace) -> list[str]:
+    """The studies ``--storage`` holds, without creating anything: a SQLite file that is not there holds
+    none."""
     if ns.storage.startswith("sqlite:///") and not Path(ns.storage.removeprefix("sqlite:///").split("?")[0]).is_file():
-        return False
-    storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
-    return ns.study_name in optuna.study.get_all_study_names(storage)
+        return []
+    return optuna.study.get_all_study_names(open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period))
 
 
 def data_identity(cfg: Config, data: Any) -> dict:
@@ -797,10 +796,12 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
     if not space:
         raise TuneError("the search space is empty: every parameter is fixed on the command line")
     start = search_base(base, fixed, ns.objective)
-    if n_trials == 0 and not study_exists(ns):  # before the output folder or a database file is made
-        raise TuneError(f"--n_trials 0 reports on an existing study, and {where} holds no study {ns.study_name!r}; "
-                        f"give the --output_dir, or --storage and --study_name, of the study to report on, or "
-                        f"--n_trials N to run trials")
+    names = study_names(ns) if n_trials == 0 else None  # before the output folder or a database file is made
+    if names is not None and ns.study_name not in names:
+        held = f" (it holds {', '.join(map(repr, sorted(names)))})" if names else ""
+        raise TuneError(f"--n_trials 0 reports on an existing study, and {where} holds no study {ns.study_name!r}"
+                        f"{held}; give the --output_dir, or --storage and --study_name, of the study to report on, "
+                        f"or --n_trials N to run trials")
     if ns.threads:
         torch.set_num_threads(ns.threads)
     data, stats = load_and_standardize(start)  # once: every trial trains on the same data; the study checks it

@@ -219,7 +219,7 @@ def test_report_only_on_a_study_that_is_not_there_is_refused_before_anything_is_
     assert f"sqlite:///{new} holds no study 'attention_robust_v4_tiny'" in capsys.readouterr().err
     optuna.create_study(storage=f"sqlite:///{other}", study_name="other")
     assert tune.main([*tiny_args(tiny, out), "--n_trials", "0", "--storage", f"sqlite:///{other}"]) == 1
-    assert "holds no study 'attention_robust_v4_tiny'" in capsys.readouterr().err
+    assert "holds no study 'attention_robust_v4_tiny' (it holds 'other'); give" in capsys.readouterr().err
     assert optuna.study.get_all_study_names(f"sqlite:///{other}") == ["other"]
     assert not out.exists() and not new.exists()
 
