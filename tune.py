@@ -137,7 +137,8 @@ def build_tune_parser() -> argparse.ArgumentParser:
                         "replacing the default space")
     g.add_argument("--objective", nargs="+", default=["f1_robust"], metavar="NAME", help=OBJECTIVE_HELP)
     g.add_argument("--directions", nargs="+", default=None, choices=["maximize", "minimize"],
-                   help=f"one per objective (default: maximize, minimize for {', '.join(sorted(LOWER_IS_BETTER))})")
+                   help=f"one per objective, each its own (maximize; minimize for "
+                        f"{', '.join(sorted(LOWER_IS_BETTER))}); the opposite is refused")
     g.add_argument("--sampler_seed", type=int, default=None,
                    help="seed of the TPE sampler, combined with the number of trials already in the study "
                         "(default: random; give each worker of a shared study its own)")
@@ -205,6 +206,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Config, set[
         check_startable(base)  # a typo in --model or a missing card would fail every trial of the study
     except (TuneError, ValueError) as err:
         parser.error(str(err))
+    for objective, direction, better in zip(ns.objective, ns.directions or natural, natural):
+        if direction != better:  # was: searched for the worst runs, and best.json named the worst trial
+            parser.error(f"--directions: {objective} is {'lower' if better == 'minimize' else 'higher'} when runs "
+                         f"are better, so {direction} would search for the worst; give {better} or leave "
+                         f"--directions out")
     ns.directions = ns.directions or natural
     if ns.study_name is None:
         ns.study_name = f"{base.model}_{Path(base.data_path).stem if base.data_path else base.dataset}"

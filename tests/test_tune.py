@@ -198,6 +198,10 @@ def test_bad_input_is_one_line_without_traceback(tiny, tmp_path, capsys):
     for argv, message in ((["--no_such_flag"], "unrecognized arguments: --no_such_flag"),
                           (["--objective", "f1_robust", "ece", "--directions", "maximize"],
                            "one direction per objective"),
+                          (["--objective", "f1_robust", "mae", "--directions", "maximize", "maximize"],
+                           "--directions: mae is lower when runs are better, so maximize would search for the worst; "
+                           "give minimize or leave --directions out"),
+                          (["--directions", "minimize"], "f1_robust is higher when runs are better"),
                           (["--objective", "f2"], "unknown objective 'f2'"),
                           (["--n_trials", "-3"], "--n_trials must be >= 0"),
                           (["--timeout", "0"], "--timeout must be > 0"),
