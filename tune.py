@@ -551,6 +551,9 @@ def create_or_load_study(ns: argparse.Namespace, storage: optuna.storages.RDBSto
                 f"give another --study_name, or the same flags and --search_space{claim_note(claimed)}")
 
     if have != ns.directions:
+        if study.user_attrs.get("objectives") == list(ns.objective):  # made when --directions could oppose them
+            raise TuneError(f"study {ns.study_name!r} searched {ns.objective} in directions {have}, against "
+                            f"what they measure (its best trials are the worst runs); give another --study_name")
         raise TuneError(other_objectives(study.user_attrs.get("objectives")))
     record_once(study, "objectives", list(ns.objective), other_objectives)
     stored = study.user_attrs.get("data")
@@ -772,24 +775,30 @@ def setup_logging(quiet: bool) -> None:
     warnings.filterwarnings("ignore", message=".*Converting a tensor with requires_grad=True.*")
 
 
-def claim_output_dir(out: Path, study_name: str) -> bool:
+def check_output_dir(out: Path, study_name: str) -> None:
     """Keep ``out`` to one study: its trials/, best/ and best.json are numbered and named per study, so a
     second study there would overwrite the first's. The study is named in ``out/.study`` (or, for a
-    folder from before it, in its best.json). Returns whether this call wrote ``out/.study``."""
-    marker, owner = out / ".study", None
+    folder from before it, in its best.json)."""
+    owner = None
     try:
-        if marker.exists():
-            owner = marker.read_text().strip()
+        if (out / ".study").exists():
+            owner = (out / ".study").read_text().strip()
         elif (out / "best.json").exists():
             owner = json.loads((out / "best.json").read_text()).get("study_name")
     except (OSError, ValueError, AttributeError):  # unreadable: as if unnamed
         owner = None
     if owner and owner != study_name:
         raise TuneError(f"{out} holds the outputs of study {owner!r}; give study {study_name!r} its own --output_dir")
-    if marker.exists():
-        return False
-    marker.write_text(study_name + "\n")
-    return True
+
+
+def mark_output_dir(out: Path, study_name: str) -> None:
+    """Name the study in ``out/.study``, once it has started (``check_output_dir`` if another worker
+    named one in the meantime)."""
+    try:
+        with open(out / ".study", "x") as fh:
+            fh.write(study_name + "\n")
+    except FileExistsError:
+        check_output_dir(out, study_name)
 
 
 def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
@@ -804,31 +813,34 @@ def run(ns: argparse.Namespace, base: Config, fixed: set[str]) -> dict:
     start = search_base(base, fixed, ns.objective)
     names = study_names(ns) if n_trials == 0 else None  # before the output folder or a database file is made
     if names is not None and ns.study_name not in names:
-        held = f" (it holds {', '.join(map(repr, sorted(names)))})" if names else ""
+        shown = ", ".join(map(repr, sorted(names)[:10])) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        held = f" (it holds {shown})" if names else ""
         raise TuneError(f"--n_trials 0 reports on an existing study, and {where} holds no study {ns.study_name!r}"
                         f"{held}; give the --output_dir, or --storage and --study_name, of the study to report on, "
                         f"or --n_trials N to run trials")
     if ns.threads:
         torch.set_num_threads(ns.threads)
     data, stats = load_and_standardize(start)  # once: every trial trains on the same data; the study checks it
-    # the output folder is made once the data and a given --storage have opened, and left as it was if
-    # the study cannot start (a study on other data, another worker starting it): a failed command
-    # leaves no folder that claims to hold the study
-    storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period) if external else None
+    # the output folder is made once the data and a server --storage have opened (a SQLite file may lie
+    # inside it), and named for the study once the study has started: a command that fails leaves no
+    # folder claiming to hold a study, and removes the folder if it made it and nothing else is there
+    server = external and not ns.storage.startswith("sqlite")
+    storage = open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period) if server else None
     made = not out.exists()
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-        claimed = claim_output_dir(out, ns.study_name)
+        check_output_dir(out, ns.study_name)
     try:
         storage = storage or open_storage(ns.storage, ns.heartbeat_interval, ns.grace_period)
         study = create_or_load_study(ns, storage, make_pruner(ns, base.epochs), data_identity(start, data),
                                      search_settings(start, space) if n_trials != 0 else None)  # a report runs none
     except BaseException:
-        if claimed:
-            (out / ".study").unlink(missing_ok=True)
-        if made and not any(out.iterdir()):
-            out.rmdir()
+        if made:
+            with contextlib.suppress(OSError):  # another worker's files, or gone: left as they are
+                out.rmdir()
         raise
+    with writing(out / ".study"):
+        mark_output_dir(out, ns.study_name)
     log.info("study %r in %s: %d trials so far; searching %s", ns.study_name, mask_url(ns.storage),
              len(study.trials), ", ".join(space))
     if n_trials != 0:  # each trial start first fails (and requeues) the trials whose heartbeat stopped

@@ -531,6 +531,42 @@ def test_a_second_study_cannot_write_into_the_first_ones_folder(tiny, tmp_path, 
     assert tune.main(tiny_args(tiny, out, *flags)) == 0  # the same study goes on there
 
 
+def test_a_folder_is_named_for_its_study_only_once_the_study_has_started(tiny, tmp_path, fake_training, monkeypatch,
+                                                                          capsys):
+    # was: named before the study started, and taken back when it could not start: a worker refused
+    # there (other data) unnamed the folder of a worker that had started in the meantime
+    (tmp_path / "space.yaml").write_text("lr: [0.001, 0.0001]\n")
+    out = tmp_path / "out"
+    flags = ("--search_space", str(tmp_path / "space.yaml"), "--skip_final_eval", "--n_trials", "1",
+             "--storage", f"sqlite:///{out / 'study.db'}", "--study_name", "s")  # a SQLite file in a new folder
+    seen = []
+    start = tune.create_or_load_study
+
+    def spy(*args, **kwargs):
+        seen.append((out / ".study").exists())
+        return start(*args, **kwargs)
+
+    monkeypatch.setattr(tune, "create_or_load_study", spy)
+    assert tune.main(tiny_args(tiny, out, *flags)) == 0
+    assert seen == [False] and (out / ".study").read_text() == "s\n"
+    other = tiny_pickle(tmp_path / "other.pkl", n=(90, 48, 64))
+    capsys.readouterr()
+    assert tune.main(tiny_args(other, out, *flags)) == 1
+    assert "study 's' was run on tiny.pkl" in capsys.readouterr().err and (out / ".study").read_text() == "s\n"
+    assert seen == [False, True]
+
+
+def test_a_study_that_searched_against_its_objective_is_named_as_such(tiny, tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(storage=url, study_name="s", directions=["minimize"])  # --directions minimize, once
+    study.set_user_attr("objectives", ["f1_robust"])
+    flags = ("--storage", url, "--study_name", "s", "--n_trials", "0")
+    assert tune.main([*tiny_args(tiny, tmp_path / "out"), *flags]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: study 's' searched ['f1_robust'] in directions ['minimize'], against what they measure (its best "
+        "trials are the worst runs); give another --study_name"]
+
+
 def test_an_output_dir_that_cannot_be_made_is_one_line(tiny, tmp_path, monkeypatch, capsys):
     taken = tmp_path / "taken"
     taken.write_text("keep me\n")
