@@ -114,6 +114,12 @@ def run_lstms(inputs: Sequence[Tensor], weights: Sequence[Sequence[Tensor]], tra
     """
     if not stack:
         return [lstm(x, w, train) for x, w in zip(inputs, weights)]
+    with torch.autocast(inputs[0].device.type, enabled=False):  # as in ``lstm``: the joined inputs too
+        return _run_stacked(inputs, weights, train, max_units)
+
+
+def _run_stacked(inputs: Sequence[Tensor], weights: Sequence[Sequence[Tensor]], train: bool,
+                 max_units: int) -> list[Tensor]:
     out: list[Tensor | None] = [None] * len(inputs)
     for group in stack_groups([x.shape[1] for x in inputs], [w[1].shape[1] for w in weights], max_units):
         if len(group) == 1:

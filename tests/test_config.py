@@ -93,6 +93,15 @@ def test_config_file_errors_are_one_line_naming_the_key_and_the_file(tmp_path, c
         assert fragment in err, (fragment, err)
 
 
+def test_a_json_file_is_read_as_json_and_says_so(tmp_path, capsys):
+    path = tmp_path / "exp.json"
+    path.write_text("# a YAML comment\n{\"dropout\": 0.1}\n")
+    with pytest.raises(SystemExit):
+        config_from_args(["--config", str(path)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path} is not valid JSON (its .json name makes it read as JSON): " in err, err
+
+
 def test_a_json_config_file_naming_a_key_twice_is_refused(tmp_path, capsys):
     path = tmp_path / "exp.json"
     path.write_text('{"dropout": 0.1, "epochs": 2, "dropout": 0.4}')

@@ -1314,19 +1314,40 @@ def test_a_failing_compilation_is_one_line_naming_the_flag(tiny, tmp_path, capsy
                  "this scope; did you mean 'tmp7'?\n  232 |   transpose_mxn(out + 16L*tmp5);"
                  "\nk.cpp:240:1: error: expected '}' at end of input")
     headers = "k.cpp:1:10: fatal error: Python.h: No such file or directory\ncompilation terminated."
-    for i, (output, expected) in enumerate([
-            (generated, "error: 'tmp5' was not declared in this scope; did you mean 'tmp7'?); the compiler rejected "
-                        "the kernels torch generated"),
-            (headers, "fatal error: Python.h: No such file or directory); on the CPU it builds C++ kernels, which "
-                      "needs a working C++ compiler (g++ or clang++) with Python's headers; run without --compile")]):
-        def failing(model, mode, output=output):
+    library = "/usr/bin/ld: cannot find -lgomp\ncollect2: error: ld returned 1 exit status"
+    machine = ("); on the CPU it builds C++ kernels, which needs a working C++ compiler (g++ or clang++) with Python's "
+               "headers")
+    cases = [(generated, "error: 'tmp5' was not declared in this scope; did you mean 'tmp7'?); the compiler rejected "
+                         "the kernels torch generated", "forward"),
+             (headers, "fatal error: Python.h: No such file or directory" + machine, "forward"),
+             (library, "cannot find -lgomp" + machine, "forward"),
+             # inductor builds the backward's kernels at the first backward (was: torch's whole traceback)
+             (generated, "error: 'tmp5' was not declared", "backward")]
+    for i, (output, expected, where) in enumerate(cases):
+        failure = torch._dynamo.exc.BackendCompilerFailed("inductor", CppCompileError(["g++", "k.cpp"], output), None)
+
+        class FailingBackward(torch.autograd.Function):
+            raised = failure
+
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, grad):
+                raise FailingBackward.raised
+
+        def failing(model, mode, where=where, failure=failure):
             def forward(batch):
-                raise torch._dynamo.exc.BackendCompilerFailed("inductor", CppCompileError(["g++", "k.cpp"], output),
-                                                              None)
+                if where == "forward":
+                    raise failure
+                out = model(batch)
+                return {**out, "score": FailingBackward.apply(out["score"])}
             return forward
 
         monkeypatch.setattr(trainer_mod.torch, "compile", failing)
         assert main(tiny_args(tiny, tmp_path / f"out{i + 2}", "--compile", "default", "--device", "cpu")) == 1
         err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and "(CppCompileError: C++ compile error, " in err and expected in err, err
+        assert err.count("\n") == 0 and "Traceback" not in err and expected in err, err
+        assert f"torch.compile failed on the training {where} (CppCompileError: C++ compile error, " in err, err
         assert ("ATEN_CPU_CAPABILITY=default" in err) == (output is generated), err

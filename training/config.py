@@ -521,7 +521,8 @@ def read_yaml_or_json(path: str, what: str) -> Any:
         raise ValueError(f"{what} {path}: {err}") from None
     except Exception as err:  # yaml.YAMLError / json.JSONDecodeError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{what} {path} is not valid YAML/JSON: {first}") from None
+        kind = "JSON (its .json name makes it read as JSON)" if path.endswith(".json") else "YAML/JSON"
+        raise ValueError(f"{what} {path} is not valid {kind}: {first}") from None
 
 
 def load_config_file(path: str) -> dict[str, Any]:

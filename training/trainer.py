@@ -7,12 +7,13 @@ TensorBoard, a non-finite loss guard, then calibration on valid and the test swe
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -181,22 +182,36 @@ def show_loss(bar: tqdm, loss: torch.Tensor, sent: tuple | None) -> tuple | None
 def compile_failure(err: BaseException) -> tuple[str, str]:
     """What went wrong in a failed ``torch.compile`` and what to do (``""`` or ``"; ..."``), for the one
     line of :class:`CompileError`. On the CPU inductor builds C++ kernels: no compiler is
-    ``InvalidCxxCompiler``; a ``CppCompileError`` whose first error is a missing header or library is the
-    machine's, any other is the compiler rejecting the code inductor generated (torch 2.11 on an AVX-512
-    CPU did so for ``F.cross_entropy`` with ``arange`` targets)."""
+    ``InvalidCxxCompiler``. A ``CppCompileError`` is the compiler rejecting the code inductor generated
+    when its first error points into that ``.cpp`` (torch 2.11 on an AVX-512 CPU did so for
+    ``F.cross_entropy`` with ``arange`` targets); any other (a missing header or library, an option
+    the compiler lacks, the compiler killed) is the machine's, and its first error is quoted."""
     inner = getattr(err, "inner_exception", None) or err
     lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
     what = f"{type(inner).__name__}: {lines[0] if lines else ''}"
     if type(inner).__name__ == "InvalidCxxCompiler":
         return what, "; on the CPU it builds C++ kernels, which needs a C++ compiler (g++ or clang++)"
-    if type(inner).__name__ == "CppCompileError":
-        error = re.search(r"(?:fatal )?error: .*", str(inner))  # the compiler's first error
-        if error is None or error[0].startswith("fatal") or "ld returned" in error[0]:  # headers, libraries
-            return (f"{what}{', ' + error[0] if error else ''}", "; on the CPU it builds C++ kernels, which needs "
-                    "a working C++ compiler (g++ or clang++) with Python's headers")
-        return (f"{what}, {error[0]}", "; the compiler rejected the kernels torch generated, a torch bug that a "
+    if type(inner).__name__ != "CppCompileError":
+        return what, ""
+    output = str(inner).split("Output:", 1)[-1]  # not the command line
+    generated = re.search(r"\.cpp:\d+:\d+: (error: .*)", output)
+    if generated:
+        return (f"{what}, {generated[1]}", "; the compiler rejected the kernels torch generated, a torch bug that a "
                 "newer torch or ATEN_CPU_CAPABILITY=default (kernels without SIMD) may avoid")
-    return what, ""
+    first = re.search(r"(?:(?:fatal |internal compiler )?error:|cannot find) .*", output)
+    return (f"{what}{', ' + first[0] if first else ''}", "; on the CPU it builds C++ kernels, which needs a "
+            "working C++ compiler (g++ or clang++) with Python's headers")
+
+
+@contextlib.contextmanager
+def compile_errors(mode: str, where: str) -> Iterator[None]:
+    """Turn a failed ``torch.compile`` (``--compile mode``) in the training ``where`` (forward, backward)
+    into a one-line :class:`CompileError`; nothing else is caught."""
+    try:
+        yield
+    except torch._dynamo.exc.TorchDynamoException as err:
+        raise CompileError(f"--compile {mode}: torch.compile failed on the training {where} "
+                           "({}){}; run without --compile".format(*compile_failure(err))) from err
 
 
 class Trainer:
@@ -294,14 +309,10 @@ class Trainer:
         one-line CompileError naming the flag, not torch's traceback."""
         if self.forward is self.model:
             return self.model(batch)
-        try:
-            # allow_rnn: dynamo may read the LSTM encoders' nn.LSTM weights without a graph break; the
-            # runs themselves stay outside the graph (modules.stacked_lstm.run_lstms)
-            with torch._dynamo.config.patch(allow_rnn=True):
-                return self.forward(batch)
-        except torch._dynamo.exc.TorchDynamoException as err:
-            raise CompileError(f"--compile {self.cfg.compile}: torch.compile failed on the training forward "
-                               "({}){}; run without --compile".format(*compile_failure(err))) from err
+        # allow_rnn: dynamo may read the LSTM encoders' nn.LSTM weights without a graph break; the
+        # runs themselves stay outside the graph (modules.stacked_lstm.run_lstms)
+        with compile_errors(self.cfg.compile, "forward"), torch._dynamo.config.patch(allow_rnn=True):
+            return self.forward(batch)
 
     def _distillation(self, full: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], out: dict,
                       any_lost: bool) -> torch.Tensor:
@@ -404,7 +415,8 @@ class Trainer:
                     self._check_finite(terms, values)
                 loss = values.sum()
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with compile_errors(cfg.compile, "backward"):  # compiled: its kernels are built at the first one
+                    loss.backward()
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 self.optimizer.step()
