@@ -44,6 +44,7 @@ def test_paired_differences_and_their_standard_error(tmp_path):
     assert "nan" not in md and "| +2.0 | +2.0 |" in md  # one seed: a difference without a standard error
 
 
+@pytest.mark.slow
 def test_throughput_benchmark_prints_every_model_and_column(capsys):
     from bench.throughput import MODELS, run
 
@@ -137,6 +138,7 @@ def test_bench_refuses_a_missing_device_in_one_line(capsys):
     assert len(err.splitlines()) == 1 and "no CUDA device is available" in err
 
 
+@pytest.mark.slow  # 5 s
 def test_ablation_bad_input_is_one_line_and_makes_no_folder(tmp_path, capsys):
     # was: a traceback from the worker process for a missing --data_path, and ProcessPoolExecutor's
     # for --workers 0
