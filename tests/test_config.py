@@ -93,22 +93,17 @@ def test_config_file_errors_are_one_line_naming_the_key_and_the_file(tmp_path, c
         assert fragment in err, (fragment, err)
 
 
-def test_a_json_file_is_read_as_json_and_says_so(tmp_path, capsys):
+@pytest.mark.parametrize("text, fragment", [
+    ('# a YAML comment\n{"dropout": 0.1}\n', " is not valid JSON (its .json name makes it read as JSON): "),
+    ('{"dropout": 0.1, "epochs": 2, "dropout": 0.4}', ": key 'dropout' appears twice; keep one"),
+])
+def test_json_config_file_errors(tmp_path, capsys, text, fragment):
     path = tmp_path / "exp.json"
-    path.write_text("# a YAML comment\n{\"dropout\": 0.1}\n")
+    path.write_text(text)
     with pytest.raises(SystemExit):
         config_from_args(["--config", str(path)])
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{path} is not valid JSON (its .json name makes it read as JSON): " in err, err
-
-
-def test_a_json_config_file_naming_a_key_twice_is_refused(tmp_path, capsys):
-    path = tmp_path / "exp.json"
-    path.write_text('{"dropout": 0.1, "epochs": 2, "dropout": 0.4}')
-    with pytest.raises(SystemExit):
-        config_from_args(["--config", str(path)])
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"config file {path}: key 'dropout' appears twice; keep one" in err, err
+    assert err.count("\n") == 1 and f"config file {path}{fragment}" in err, err
 
 
 def test_missing_config_file(tmp_path, capsys):
