@@ -104,7 +104,7 @@ def need_cpu_compile() -> None:
     kernel (no compiler, or no Python headers). There ``--compile`` on the CPU stops with the
     trainer's one-line CompileError, which test_training checks on any machine. A kernel of the
     model's own that the compiler rejects is not a skip but a failure: the GPU machine's
-    CppCompileError in these tests (sessions 3-12) was torch 2.11 generating C++ that did not compile
+    CppCompileError in these tests (eleventh session) was torch 2.11 generating C++ that did not compile
     for the InfoNCE loss, not the machine (the probe builds there)."""
     why = _cpu_compile_failure()
     if why:
