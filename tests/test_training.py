@@ -1085,6 +1085,37 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "p.npz"]
 
 
+def test_ctrl_c_during_a_checkpoint_write_interrupts_once_the_file_is_whole(tmp_path, monkeypatch):
+    # was: torch.save interrupted inside a write raised "RuntimeError: [enforce fail at inline_container.cc]
+    # unexpected pos" instead of KeyboardInterrupt (a traceback, not "interrupted"), and its half-written
+    # archive, collected later, could abort a bench.ablation variant ("terminate called ... write to closed file")
+    import io
+
+    import torch
+
+    from training.checkpoint import save_atomic
+
+    class CtrlCOnThirdWrite(io.FileIO):  # Ctrl-C (SIGINT to this process) in the middle of the archive
+        writes = 0
+
+        def write(self, b):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().write(b)
+
+    path = tmp_path / "last.pt"
+    save_atomic({"epoch": 1}, path)
+    monkeypatch.setattr("training.atomic.open", lambda p, mode: CtrlCOnThirdWrite(p, mode.replace("b", "")),
+                        raising=False)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"epoch": 2, "w": torch.arange(1000.0)}, path)
+    ck = torch.load(path, weights_only=True)
+    assert ck["epoch"] == 2 and torch.equal(ck["w"], torch.arange(1000.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works as before afterwards
+
+
 def test_compile_is_refused_where_it_was_not_made_to_work(tiny, tmp_path, capsys):
     from training.config import Config
     from training.errors import ConfigError

@@ -3,7 +3,8 @@
 A kill or a full disk at any moment leaves the old file or the new one, never half of one, and
 no temporary file behind. Every file the project writes for later reading (``metrics.json``,
 ``predictions.npz``, a seed's ``result.json``, checkpoints, the feature cache's ``done.json``,
-``tune.py``'s ``best.json``) goes through ``atomic_path``.
+``tune.py``'s ``best.json``) goes through ``atomic_path``. A Ctrl-C during a checkpoint write takes
+effect once the file is whole (``interrupts_deferred``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +42,27 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     """``open`` (``mode`` "w" text or "wb" binary) of an ``atomic_path``: ``path`` gets the whole file or none."""
     with atomic_path(path) as tmp, open(tmp, mode) as fh:
         yield fh
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Run the block with Ctrl-C (SIGINT) held back: one that arrives meanwhile is handed to the
+    previous handler when the block ends (by default: ``KeyboardInterrupt`` there). For writes that
+    call back into Python from C++ (``torch.save``): interrupted inside, they raise a RuntimeError
+    instead of the interrupt, and a half-written archive can abort the process when it is collected.
+    Outside the main thread, or where SIGINT has no Python handler, the block runs as it is."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield
+        return
+    received: list = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            previous(signal.SIGINT, received[0])
 
 
 def write_json(obj: Any, path: str | Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.atomic import atomic_open
+from training.atomic import atomic_open, interrupts_deferred
 from training.errors import UserError, writing
 
 # What lives on the device once loaded; everything else (RNG states, calibration, standardizer,
@@ -34,11 +34,12 @@ class CheckpointError(UserError):
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """Write ``obj`` to ``path`` so that a kill at any moment leaves the old file or the new one."""
+    """Write ``obj`` to ``path`` so that a kill at any moment leaves the old file or the new one; a
+    Ctrl-C meanwhile raises ``KeyboardInterrupt`` once the new one is in place."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(path, "wb") as fh:
+        with interrupts_deferred(), atomic_open(path, "wb") as fh:
             torch.save(obj, fh)
 
 
